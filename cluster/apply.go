@@ -1,0 +1,259 @@
+package cluster
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/mcpcluster/mcpcluster/fsm"
+)
+
+// errRetry marks a failure that another attempt (possibly on a new leader)
+// may not hit: no leader, leadership lost or moving.
+var errRetry = errors.New("leadership unavailable, retry")
+
+func isRetryable(err error) bool {
+	return errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) ||
+		errors.Is(err, raft.ErrLeadershipTransferInProgress) || errors.Is(err, raft.ErrAbortedByRestore) ||
+		errors.Is(err, raft.ErrEnqueueTimeout) || errors.Is(err, errRetry)
+}
+
+// NewRequestID returns a random id for Command.RequestID.
+func NewRequestID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// Apply commits cmd through raft from any node: on the leader directly,
+// elsewhere forwarded to the leader over the cluster RPC. It stamps the
+// proposer's time and a request id, so retries after a lost leader or a
+// broken connection are applied at most once. It retries until ctx ends
+// (or ApplyTimeout when ctx has no deadline).
+func (n *Node) Apply(ctx context.Context, cmd *fsm.Command) (*fsm.Result, error) {
+	if cmd.RequestID == "" {
+		cmd.RequestID = NewRequestID()
+	}
+	if cmd.Now == 0 {
+		cmd.Now = time.Now().UnixNano()
+	}
+	data, err := fsm.Encode(cmd)
+	if err != nil {
+		return nil, fmt.Errorf("encode command: %w", err)
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, n.cfg.ApplyTimeout)
+		defer cancel()
+	}
+	var lastErr error
+	for attempt := 0; ; attempt++ {
+		if attempt > 0 {
+			if err := n.backoff(ctx, attempt); err != nil {
+				return nil, fmt.Errorf("apply %s: %w (last error: %v)", cmd.Type, err, lastErr)
+			}
+		}
+		if n.raft.State() == raft.Leader {
+			dl, _ := ctx.Deadline()
+			res, err := n.applyLocal(data, time.Until(dl))
+			if err == nil {
+				return res, nil
+			}
+			if !isRetryable(err) {
+				return nil, fmt.Errorf("apply %s: %w", cmd.Type, err)
+			}
+			lastErr = err
+			continue
+		}
+		_, addr := n.Leader()
+		if addr == "" {
+			lastErr = errors.New("no known leader")
+			continue
+		}
+		var reply ApplyReply
+		if err := n.pool.call(ctx, addr, "Apply", ApplyArgs{Data: data}, &reply); err != nil {
+			// The request may or may not have reached the leader; the
+			// request id makes the retry safe.
+			lastErr = err
+			continue
+		}
+		if reply.NotLeader {
+			lastErr = fmt.Errorf("%s is no longer the leader", addr)
+			continue
+		}
+		return &reply.Result, nil
+	}
+}
+
+// applyLocal applies encoded data on this node, which must lead.
+func (n *Node) applyLocal(data []byte, timeout time.Duration) (*fsm.Result, error) {
+	if timeout <= 0 {
+		return nil, context.DeadlineExceeded
+	}
+	f := n.raft.Apply(data, timeout)
+	if err := f.Error(); err != nil {
+		if isRetryable(err) {
+			return nil, fmt.Errorf("%w: %v", errRetry, err)
+		}
+		if errors.Is(err, raft.ErrRaftShutdown) {
+			return nil, ErrShutdown
+		}
+		return nil, err
+	}
+	res, ok := f.Response().(*fsm.Result)
+	if !ok {
+		return nil, fmt.Errorf("unexpected fsm response %T", f.Response())
+	}
+	return res, nil
+}
+
+// backoff waits before retry attempt (1-based), bounded by ctx and shutdown.
+func (n *Node) backoff(ctx context.Context, attempt int) error {
+	d := time.Duration(attempt) * 20 * time.Millisecond
+	if d > 250*time.Millisecond {
+		d = 250 * time.Millisecond
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-n.shutdownCh:
+		return ErrShutdown
+	case <-t.C:
+		return nil
+	}
+}
+
+// Consistency is the guarantee a read asks for.
+type Consistency string
+
+const (
+	// Stale reads the local FSM as it is: fastest, may be behind.
+	Stale Consistency = "stale"
+	// Default reads state at least as new as the leader's applied state,
+	// trusting the leader's lease (no quorum round trip).
+	Default Consistency = "default"
+	// Linearizable confirms leadership with a quorum first (read-index) and
+	// sees every write acknowledged before the read began.
+	Linearizable Consistency = "linearizable"
+)
+
+// ParseConsistency parses a consistency level name; "" means Linearizable.
+func ParseConsistency(s string) (Consistency, error) {
+	switch Consistency(s) {
+	case "":
+		return Linearizable, nil
+	case Stale, Default, Linearizable:
+		return Consistency(s), nil
+	}
+	return "", fmt.Errorf("unknown consistency %q (want stale, default or linearizable)", s)
+}
+
+// ReadInfo tells which guarantee a read got and where.
+type ReadInfo struct {
+	Level Consistency
+	Node  string
+	// Index is the applied index the local FSM had reached for the read.
+	Index uint64
+}
+
+// ReadBarrier waits until the local FSM may serve a read at level, then
+// returns. Read from FSM() right after it.
+func (n *Node) ReadBarrier(ctx context.Context, level Consistency) (ReadInfo, error) {
+	info := ReadInfo{Level: level, Node: n.id}
+	if level == Stale {
+		info.Index = n.raft.AppliedIndex()
+		return info, nil
+	}
+	if level != Default && level != Linearizable {
+		return info, fmt.Errorf("unknown consistency %q", level)
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, n.cfg.ApplyTimeout)
+		defer cancel()
+	}
+	lin := level == Linearizable
+	var lastErr error
+	for attempt := 0; ; attempt++ {
+		if attempt > 0 {
+			if err := n.backoff(ctx, attempt); err != nil {
+				return info, fmt.Errorf("%s read: %w (last error: %v)", level, err, lastErr)
+			}
+		}
+		var idx uint64
+		if n.raft.State() == raft.Leader {
+			var err error
+			if idx, err = n.leaderReadIndex(lin); err != nil {
+				lastErr = err
+				continue
+			}
+		} else {
+			_, addr := n.Leader()
+			if addr == "" {
+				lastErr = errors.New("no known leader")
+				continue
+			}
+			var reply ReadIndexReply
+			if err := n.pool.call(ctx, addr, "ReadIndex", ReadIndexArgs{Linearizable: lin}, &reply); err != nil {
+				lastErr = err
+				continue
+			}
+			if reply.NotLeader {
+				lastErr = fmt.Errorf("%s is no longer the leader", addr)
+				continue
+			}
+			idx = reply.Index
+		}
+		if err := n.waitApplied(ctx, idx); err != nil {
+			return info, fmt.Errorf("%s read: %w", level, err)
+		}
+		info.Index = n.raft.AppliedIndex()
+		return info, nil
+	}
+}
+
+// leaderReadIndex returns the index a read must wait for, per the
+// read-index protocol: the commit index noted before confirming leadership.
+func (n *Node) leaderReadIndex(linearizable bool) (uint64, error) {
+	if n.raft.State() != raft.Leader {
+		return 0, errRetry
+	}
+	if !n.leaderReady.Load() {
+		// No entry of this term committed yet: the commit index may be behind.
+		return 0, fmt.Errorf("%w: leader has not committed in its term yet", errRetry)
+	}
+	idx := n.raft.CommitIndex()
+	if linearizable {
+		if err := n.raft.VerifyLeader().Error(); err != nil {
+			return 0, fmt.Errorf("%w: verify leader: %v", errRetry, err)
+		}
+	}
+	return idx, nil
+}
+
+// waitApplied polls until the local FSM has applied idx.
+func (n *Node) waitApplied(ctx context.Context, idx uint64) error {
+	if n.raft.AppliedIndex() >= idx {
+		return nil
+	}
+	t := time.NewTicker(time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for index %d (applied %d): %w", idx, n.raft.AppliedIndex(), ctx.Err())
+		case <-n.shutdownCh:
+			return ErrShutdown
+		case <-t.C:
+			if n.raft.AppliedIndex() >= idx {
+				return nil
+			}
+		}
+	}
+}

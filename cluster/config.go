@@ -1,0 +1,130 @@
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+)
+
+// Config configures a Node. Start from DefaultConfig.
+type Config struct {
+	// NodeID is the stable identity of the node. Empty means: the id stored
+	// in DataDir, or a new random one persisted there.
+	NodeID string
+	// DataDir holds the raft log, stable store, snapshots and the node id.
+	DataDir string
+
+	// RPCBindAddr is the host:port of the cluster port (raft and node RPC).
+	RPCBindAddr string
+	// RPCAdvertiseAddr is the host:port peers dial; defaults to RPCBindAddr.
+	RPCAdvertiseAddr string
+	// GossipBindAddr is the host:port for memberlist (TCP and UDP).
+	GossipBindAddr string
+	// GossipAdvertiseAddr is the gossip host:port peers use; defaults to GossipBindAddr.
+	GossipAdvertiseAddr string
+	// HTTPAdvertiseAddr is the node's HTTP address, gossiped so that any
+	// node can tell clients where the others are.
+	HTTPAdvertiseAddr string
+
+	// Join lists gossip addresses of peers; joining is retried in the background.
+	Join []string
+	// BootstrapExpect is the number of servers to wait for before
+	// bootstrapping a new cluster; 0 means never bootstrap (join only).
+	BootstrapExpect int
+
+	// GossipProfile is "lan" (default) or "local" (faster failure detection on loopback).
+	GossipProfile string
+	// GossipKey optionally encrypts gossip (16, 24 or 32 bytes).
+	GossipKey []byte
+
+	// DeadServerTimeout is how long a failed server stays in the raft
+	// configuration before the leader removes it (never below quorum).
+	DeadServerTimeout time.Duration
+	// ReconcileInterval is how often the leader reconciles gossip into raft
+	// even without membership events.
+	ReconcileInterval time.Duration
+
+	// RaftHeartbeatTimeout, RaftElectionTimeout and RaftLeaderLeaseTimeout
+	// tune failure detection in raft.
+	RaftHeartbeatTimeout   time.Duration
+	RaftElectionTimeout    time.Duration
+	RaftLeaderLeaseTimeout time.Duration
+	// SnapshotThreshold is the number of log entries between snapshots.
+	SnapshotThreshold uint64
+	// SnapshotInterval is how often raft checks whether to snapshot.
+	SnapshotInterval time.Duration
+	// SnapshotRetain is how many snapshots are kept on disk.
+	SnapshotRetain int
+
+	// ApplyTimeout bounds a write when the caller's context has no deadline.
+	ApplyTimeout time.Duration
+
+	// Logger receives every log line of the node, raft and memberlist included.
+	Logger *slog.Logger
+	// LogLevel filters raft's logs (raft's own default is DEBUG).
+	LogLevel slog.Level
+}
+
+// DefaultConfig returns production defaults; addresses and DataDir must still be set.
+func DefaultConfig() Config {
+	return Config{
+		RPCBindAddr:            "127.0.0.1:8701",
+		GossipBindAddr:         "127.0.0.1:8702",
+		GossipProfile:          "lan",
+		DeadServerTimeout:      30 * time.Second,
+		ReconcileInterval:      5 * time.Second,
+		RaftHeartbeatTimeout:   1000 * time.Millisecond,
+		RaftElectionTimeout:    1000 * time.Millisecond,
+		RaftLeaderLeaseTimeout: 500 * time.Millisecond,
+		SnapshotThreshold:      8192,
+		SnapshotInterval:       30 * time.Second,
+		SnapshotRetain:         2,
+		ApplyTimeout:           10 * time.Second,
+		LogLevel:               slog.LevelInfo,
+	}
+}
+
+func (c *Config) validate() error {
+	if c.DataDir == "" {
+		return errors.New("data dir is required")
+	}
+	if c.BootstrapExpect < 0 {
+		return fmt.Errorf("bootstrap-expect must be >= 0, got %d", c.BootstrapExpect)
+	}
+	for name, addr := range map[string]string{"rpc bind": c.RPCBindAddr, "gossip bind": c.GossipBindAddr} {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return fmt.Errorf("%s address %q: %w", name, addr, err)
+		}
+	}
+	if c.RaftHeartbeatTimeout <= 0 || c.RaftElectionTimeout <= 0 || c.RaftLeaderLeaseTimeout <= 0 {
+		return errors.New("raft timeouts must be positive")
+	}
+	if c.RaftLeaderLeaseTimeout > c.RaftHeartbeatTimeout {
+		return errors.New("raft leader lease timeout must not exceed the heartbeat timeout")
+	}
+	if c.DeadServerTimeout <= 0 || c.ReconcileInterval <= 0 || c.ApplyTimeout <= 0 {
+		return errors.New("dead server timeout, reconcile interval and apply timeout must be positive")
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// checkAdvertise requires a concrete host and port: peers cannot dial 0.0.0.0.
+func checkAdvertise(name, addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%s address %q: %w", name, addr, err)
+	}
+	ip := net.ParseIP(host)
+	if ip == nil || ip.IsUnspecified() {
+		return fmt.Errorf("%s address %q: need a concrete IP address to advertise", name, addr)
+	}
+	if port == "0" {
+		return fmt.Errorf("%s address %q: need a concrete port to advertise", name, addr)
+	}
+	return nil
+}

@@ -1,0 +1,248 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/mcpcluster/mcpcluster/fsm"
+	"github.com/mcpcluster/mcpcluster/membership"
+)
+
+// monitorLeadership is the one goroutine that watches raft's leadership
+// notifications and starts or stops the leader loop.
+func (n *Node) monitorLeadership() {
+	var stop, done chan struct{}
+	stopLoop := func() {
+		if stop != nil {
+			close(stop)
+			<-done
+			stop, done = nil, nil
+		}
+	}
+	for {
+		select {
+		case isLeader := <-n.notifyCh:
+			switch {
+			case isLeader && stop == nil:
+				stop, done = make(chan struct{}), make(chan struct{})
+				go func(stop, done chan struct{}) {
+					defer close(done)
+					n.leaderLoop(stop)
+				}(stop, done)
+				n.logger.Info("cluster leadership acquired")
+			case !isLeader && stop != nil:
+				stopLoop()
+				n.logger.Info("cluster leadership lost")
+			}
+		case <-n.shutdownCh:
+			stopLoop()
+			return
+		}
+	}
+}
+
+// leaderLoop runs while this node leads: a barrier first, so the FSM holds
+// every entry of earlier terms, then reconciliation of gossip into raft.
+func (n *Node) leaderLoop(stop chan struct{}) {
+	for {
+		err := n.raft.Barrier(n.cfg.ApplyTimeout).Error()
+		if err == nil {
+			break
+		}
+		n.logger.Warn("leader barrier failed", "error", err)
+		select {
+		case <-stop:
+			return
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	n.leaderReady.Store(true)
+	defer n.leaderReady.Store(false)
+
+	r := &reconciler{n: n, unknownSince: make(map[string]time.Time)}
+	ticker := time.NewTicker(n.cfg.ReconcileInterval)
+	defer ticker.Stop()
+	for {
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() {
+			select {
+			case <-stop:
+			case <-ctx.Done():
+			}
+			cancel()
+		}()
+		if err := r.reconcile(ctx); err != nil {
+			n.logger.Warn("reconcile failed", "error", err)
+		}
+		cancel()
+		select {
+		case <-stop:
+			return
+		case <-ticker.C:
+		case <-n.reconcileCh:
+		}
+	}
+}
+
+// reconciler carries what the leader remembers between reconcile passes.
+type reconciler struct {
+	n *Node
+	// unknownSince records when a raft server absent from gossip was first seen.
+	unknownSince map[string]time.Time
+}
+
+// reconcile makes the raft configuration and the FSM node registry follow
+// gossip: alive members become voters (re-added when their address
+// changed), members that left are removed, failed ones are removed after
+// the dead-server timeout while the healthy voters keep a quorum.
+func (r *reconciler) reconcile(ctx context.Context) error {
+	n := r.n
+	servers, err := n.Servers()
+	if err != nil {
+		return err
+	}
+	inConfig := make(map[string]raft.Server, len(servers))
+	for _, s := range servers {
+		inConfig[string(s.ID)] = s
+	}
+	members := n.members.Members()
+	byID := make(map[string]membership.Member, len(members))
+	for _, m := range members {
+		if m.ID == "" || m.RPCAddr == "" {
+			continue
+		}
+		byID[m.ID] = m
+	}
+
+	for _, m := range members {
+		if m.ID == "" || m.RPCAddr == "" || m.ID == n.id {
+			continue
+		}
+		srv, ok := inConfig[m.ID]
+		switch m.State {
+		case membership.StateAlive, membership.StateSuspect:
+			if ok && string(srv.Address) == m.RPCAddr {
+				break
+			}
+			if ok {
+				n.logger.Info("server address changed, re-adding", "id", m.ID, "old", srv.Address, "new", m.RPCAddr)
+				if err := n.raft.RemoveServer(srv.ID, 0, 0).Error(); err != nil {
+					return fmt.Errorf("remove %s for re-add: %w", m.ID, err)
+				}
+			}
+			n.logger.Info("adding voter", "id", m.ID, "addr", m.RPCAddr)
+			if err := n.raft.AddVoter(raft.ServerID(m.ID), raft.ServerAddress(m.RPCAddr), 0, 0).Error(); err != nil {
+				return fmt.Errorf("add voter %s: %w", m.ID, err)
+			}
+		case membership.StateLeft:
+			if ok {
+				n.logger.Info("removing server that left", "id", m.ID)
+				if err := n.raft.RemoveServer(srv.ID, 0, 0).Error(); err != nil {
+					return fmt.Errorf("remove %s: %w", m.ID, err)
+				}
+				delete(inConfig, m.ID)
+			}
+		}
+	}
+
+	if err := r.pruneDead(inConfig, byID); err != nil {
+		return err
+	}
+	return r.syncRegistry(ctx, byID)
+}
+
+// pruneDead removes voters that have been failed (or unknown to gossip)
+// for longer than the dead-server timeout, as long as the remaining healthy
+// voters are a majority of the configuration.
+func (r *reconciler) pruneDead(inConfig map[string]raft.Server, byID map[string]membership.Member) error {
+	n := r.n
+	now := time.Now()
+	var failed []string
+	healthy, voters := 0, 0
+	for id, s := range inConfig {
+		if s.Suffrage != raft.Voter {
+			continue
+		}
+		voters++
+		if id == n.id {
+			healthy++
+			delete(r.unknownSince, id)
+			continue
+		}
+		m, known := byID[id]
+		var since time.Time
+		switch {
+		case known && (m.State == membership.StateAlive || m.State == membership.StateSuspect):
+			healthy++
+			delete(r.unknownSince, id)
+			continue
+		case known:
+			since = m.Since
+			delete(r.unknownSince, id)
+		default:
+			if _, ok := r.unknownSince[id]; !ok {
+				r.unknownSince[id] = now
+			}
+			since = r.unknownSince[id]
+		}
+		if now.Sub(since) >= n.cfg.DeadServerTimeout {
+			failed = append(failed, id)
+		}
+	}
+	sort.Strings(failed)
+	for _, id := range failed {
+		// Removing a failed voter keeps the healthy voters as they are and
+		// shrinks the configuration, so it is safe while they are a majority
+		// of the configuration they are leaving.
+		if healthy*2 <= voters {
+			n.logger.Warn("not removing failed server: healthy voters are not a majority", "id", id, "healthy", healthy, "voters", voters)
+			return nil
+		}
+		n.logger.Info("removing failed server after dead-server timeout", "id", id, "timeout", n.cfg.DeadServerTimeout)
+		if err := n.raft.RemoveServer(raft.ServerID(id), 0, 0).Error(); err != nil {
+			return fmt.Errorf("remove failed server %s: %w", id, err)
+		}
+		delete(inConfig, id)
+		delete(r.unknownSince, id)
+		voters--
+	}
+	return nil
+}
+
+// syncRegistry keeps the FSM's node registry equal to the raft
+// configuration, with each node's addresses from gossip.
+func (r *reconciler) syncRegistry(ctx context.Context, byID map[string]membership.Member) error {
+	n := r.n
+	servers, err := n.Servers()
+	if err != nil {
+		return err
+	}
+	want := make(map[string]bool, len(servers))
+	for _, s := range servers {
+		id := string(s.ID)
+		want[id] = true
+		m, ok := byID[id]
+		if !ok {
+			continue
+		}
+		node := fsm.Node{ID: id, HTTPAddr: m.HTTPAddr, RPCAddr: m.RPCAddr, GossipAddr: m.GossipAddr}
+		if cur, ok := n.fsm.Node(id); ok && cur.HTTPAddr == node.HTTPAddr && cur.RPCAddr == node.RPCAddr && cur.GossipAddr == node.GossipAddr {
+			continue
+		}
+		if _, err := n.Apply(ctx, &fsm.Command{Type: fsm.TypeNodeRegister, Node: &node}); err != nil {
+			return fmt.Errorf("register node %s: %w", id, err)
+		}
+	}
+	for _, node := range n.fsm.Nodes() {
+		if want[node.ID] {
+			continue
+		}
+		if _, err := n.Apply(ctx, &fsm.Command{Type: fsm.TypeNodeDeregister, NodeID: node.ID}); err != nil {
+			return fmt.Errorf("deregister node %s: %w", node.ID, err)
+		}
+	}
+	return nil
+}

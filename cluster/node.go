@@ -1,0 +1,433 @@
+// Package cluster is an mcpcluster node: raft with boltdb storage and file
+// snapshots, memberlist gossip, safe bootstrap, a leader loop that turns
+// gossip into raft membership, writes forwarded to the leader and reads at
+// three consistency levels.
+package cluster
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/rpc"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"github.com/mcpcluster/mcpcluster/fsm"
+	"github.com/mcpcluster/mcpcluster/membership"
+)
+
+// ErrShutdown is returned by operations on a node that has shut down.
+var ErrShutdown = errors.New("node is shut down")
+
+// Node is one mcpcluster server.
+type Node struct {
+	cfg    Config
+	id     string
+	logger *slog.Logger
+
+	fsm       *fsm.FSM
+	raft      *raft.Raft
+	store     *raftboltdb.BoltStore
+	transport *raft.NetworkTransport
+	mux       *mux
+	pool      *rpcPool
+	members   *membership.Membership
+
+	hadState    bool
+	notifyCh    chan bool
+	reconcileCh chan struct{}
+	bootstrapCh chan struct{}
+	leaderReady atomic.Bool
+
+	shutdownCh   chan struct{}
+	shutdownOnce sync.Once
+	shutdownErr  error
+	wg           sync.WaitGroup
+}
+
+// New starts a node: it opens storage, starts raft and gossip, and begins
+// joining and (when configured) bootstrapping in the background.
+func New(cfg Config) (n *Node, err error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	n = &Node{
+		cfg:         cfg,
+		fsm:         fsm.New(),
+		notifyCh:    make(chan bool, 16),
+		reconcileCh: make(chan struct{}, 1),
+		bootstrapCh: make(chan struct{}, 1),
+		shutdownCh:  make(chan struct{}),
+	}
+	// Undo whatever was started if a later step fails.
+	defer func() {
+		if err != nil {
+			n.Shutdown()
+		}
+	}()
+
+	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "raft"), 0o700); err != nil {
+		return nil, fmt.Errorf("create data dir: %w", err)
+	}
+	if n.id, err = resolveNodeID(cfg.DataDir, cfg.NodeID); err != nil {
+		return nil, err
+	}
+	n.logger = cfg.Logger.With("node", n.id)
+
+	// Storage first: it is what everything else stands on, and closed last.
+	n.store, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.DataDir, "raft", "raft.db")})
+	if err != nil {
+		return nil, fmt.Errorf("open raft store: %w", err)
+	}
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(filepath.Join(cfg.DataDir, "raft"), cfg.SnapshotRetain, newHclog(cfg.Logger, "raft-snapshot", cfg.LogLevel))
+	if err != nil {
+		return nil, fmt.Errorf("open snapshot store: %w", err)
+	}
+
+	// Cluster port.
+	ln, err := net.Listen("tcp", cfg.RPCBindAddr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on cluster port %s: %w", cfg.RPCBindAddr, err)
+	}
+	advertise := cfg.RPCAdvertiseAddr
+	if advertise == "" || strings.HasSuffix(advertise, ":0") {
+		advertise = ln.Addr().String()
+	}
+	if err := checkAdvertise("rpc advertise", advertise); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	n.cfg.RPCAdvertiseAddr = advertise
+	advAddr, err := net.ResolveTCPAddr("tcp", advertise)
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("resolve rpc advertise address: %w", err)
+	}
+	srv := rpc.NewServer()
+	if err := srv.RegisterName("Cluster", &rpcService{n: n}); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("register rpc service: %w", err)
+	}
+	n.mux = newMux(ln, advAddr, n.logger, serveRPC(srv))
+	n.pool = newRPCPool(2 * time.Second)
+	n.goFunc(n.mux.serve)
+
+	n.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream:  raftLayer{m: n.mux},
+		MaxPool: 3,
+		Timeout: 10 * time.Second,
+		Logger:  newHclog(cfg.Logger, "raft-net", cfg.LogLevel),
+	})
+
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(n.id)
+	rc.Logger = newHclog(n.logger, "raft", cfg.LogLevel)
+	rc.HeartbeatTimeout = cfg.RaftHeartbeatTimeout
+	rc.ElectionTimeout = cfg.RaftElectionTimeout
+	rc.LeaderLeaseTimeout = cfg.RaftLeaderLeaseTimeout
+	rc.SnapshotThreshold = cfg.SnapshotThreshold
+	rc.SnapshotInterval = cfg.SnapshotInterval
+	rc.NotifyCh = n.notifyCh
+	rc.BatchApplyCh = true
+	rc.MaxAppendEntries = 512
+	rc.ShutdownOnRemove = false
+
+	n.hadState, err = raft.HasExistingState(n.store, n.store, snaps)
+	if err != nil {
+		return nil, fmt.Errorf("check existing raft state: %w", err)
+	}
+	n.raft, err = raft.NewRaft(rc, n.fsm, n.store, n.store, snaps, n.transport)
+	if err != nil {
+		return nil, fmt.Errorf("start raft: %w", err)
+	}
+
+	mc := membership.DefaultConfig()
+	mc.NodeID = n.id
+	mc.BindAddr = cfg.GossipBindAddr
+	mc.AdvertiseAddr = cfg.GossipAdvertiseAddr
+	mc.Join = cfg.Join
+	mc.Profile = cfg.GossipProfile
+	mc.SecretKey = cfg.GossipKey
+	mc.Logger = n.logger.With("component", "gossip")
+	mc.Meta = membership.Meta{
+		ID:       n.id,
+		HTTPAddr: cfg.HTTPAdvertiseAddr,
+		RPCAddr:  advertise,
+		Status:   membership.StatusStarting,
+		Expect:   cfg.BootstrapExpect,
+	}
+	if n.members, err = membership.New(mc); err != nil {
+		return nil, fmt.Errorf("start gossip: %w", err)
+	}
+
+	n.goFunc(n.monitorLeadership)
+	n.goFunc(n.watchMembers)
+	if cfg.BootstrapExpect > 0 && !n.hadState {
+		n.goFunc(n.bootstrapLoop)
+	}
+	n.logger.Info("node started", "rpc", advertise, "gossip", n.members.GossipAddr(),
+		"existing_state", n.hadState, "bootstrap_expect", cfg.BootstrapExpect)
+	return n, nil
+}
+
+func (n *Node) goFunc(f func()) {
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		f()
+	}()
+}
+
+// resolveNodeID returns the node's stable id: the configured one, checked
+// against the one persisted in the data dir, or a new random id persisted there.
+func resolveNodeID(dataDir, configured string) (string, error) {
+	path := filepath.Join(dataDir, "node-id")
+	b, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		stored := strings.TrimSpace(string(b))
+		if configured != "" && configured != stored {
+			return "", fmt.Errorf("data dir %s belongs to node %q, not %q", dataDir, stored, configured)
+		}
+		return stored, nil
+	case !errors.Is(err, os.ErrNotExist):
+		return "", fmt.Errorf("read node id: %w", err)
+	}
+	id := configured
+	if id == "" {
+		var r [6]byte
+		if _, err := rand.Read(r[:]); err != nil {
+			return "", fmt.Errorf("generate node id: %w", err)
+		}
+		id = "node-" + hex.EncodeToString(r[:])
+	}
+	if err := os.WriteFile(path, []byte(id+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("persist node id: %w", err)
+	}
+	return id, nil
+}
+
+// ID returns the node's stable id.
+func (n *Node) ID() string { return n.id }
+
+// FSM returns the node's local replica of the state. Reads on it are stale
+// unless preceded by ReadBarrier.
+func (n *Node) FSM() *fsm.FSM { return n.fsm }
+
+// Members returns the gossip view of the cluster.
+func (n *Node) Members() []membership.Member { return n.members.Members() }
+
+// Membership returns the node's gossip layer.
+func (n *Node) Membership() *membership.Membership { return n.members }
+
+// RPCAddr returns the advertised cluster address.
+func (n *Node) RPCAddr() string { return n.cfg.RPCAdvertiseAddr }
+
+// GossipAddr returns the advertised gossip address.
+func (n *Node) GossipAddr() string { return n.members.GossipAddr() }
+
+// IsLeader reports whether this node is the raft leader.
+func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
+
+// Leader returns the id and cluster address of the current leader, if known.
+func (n *Node) Leader() (id, addr string) {
+	a, i := n.raft.LeaderWithID()
+	return string(i), string(a)
+}
+
+// SetStatus gossips the node's lifecycle status.
+func (n *Node) SetStatus(s membership.Status) error {
+	return n.members.UpdateMeta(func(m *membership.Meta) { m.Status = s })
+}
+
+// Servers returns the raft configuration.
+func (n *Node) Servers() ([]raft.Server, error) {
+	f := n.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return nil, fmt.Errorf("read raft configuration: %w", err)
+	}
+	return f.Configuration().Servers, nil
+}
+
+// RaftStats is a summary of the local raft state.
+type RaftStats struct {
+	State        string `json:"state"`
+	Term         uint64 `json:"term"`
+	LastIndex    uint64 `json:"last_index"`
+	CommitIndex  uint64 `json:"commit_index"`
+	AppliedIndex uint64 `json:"applied_index"`
+	LastContact  string `json:"last_contact,omitempty"`
+}
+
+// RaftStats returns the local raft state.
+func (n *Node) RaftStats() RaftStats {
+	return RaftStats{
+		State:        n.raft.State().String(),
+		Term:         n.raft.CurrentTerm(),
+		LastIndex:    n.raft.LastIndex(),
+		CommitIndex:  n.raft.CommitIndex(),
+		AppliedIndex: n.raft.AppliedIndex(),
+		LastContact:  n.raft.Stats()["last_contact"],
+	}
+}
+
+// Ready reports whether the node can serve: it has joined, knows a leader,
+// is in the raft configuration, and its FSM is caught up with the commit index.
+func (n *Node) Ready() error {
+	if !n.members.Joined() {
+		return errors.New("not joined to any peer yet")
+	}
+	if id, _ := n.Leader(); id == "" {
+		return errors.New("no known leader")
+	}
+	servers, err := n.Servers()
+	if err != nil {
+		return err
+	}
+	if !hasServer(servers, n.id) {
+		return errors.New("not in the raft configuration")
+	}
+	if applied, commit := n.raft.AppliedIndex(), n.raft.CommitIndex(); applied+readyLag < commit {
+		return fmt.Errorf("fsm catching up: applied %d of %d", applied, commit)
+	}
+	return nil
+}
+
+// readyLag is how far the FSM may trail the commit index and still be ready.
+const readyLag = 128
+
+func hasServer(servers []raft.Server, id string) bool {
+	for _, s := range servers {
+		if string(s.ID) == id {
+			return true
+		}
+	}
+	return false
+}
+
+// watchMembers turns gossip events into reconcile and bootstrap wake-ups.
+func (n *Node) watchMembers() {
+	for {
+		select {
+		case ev, ok := <-n.members.Events():
+			if !ok {
+				return
+			}
+			n.logger.Debug("member event", "type", ev.Type.String(), "member", ev.Member.ID, "state", ev.Member.State)
+			kick(n.reconcileCh)
+			kick(n.bootstrapCh)
+		case <-n.shutdownCh:
+			return
+		}
+	}
+}
+
+func kick(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// Leave removes the node from the cluster gracefully: it hands leadership
+// over, leaves gossip and has the leader remove it from the raft
+// configuration. Shutdown must still be called afterwards.
+func (n *Node) Leave(ctx context.Context) error {
+	n.logger.Info("leaving the cluster")
+	_ = n.SetStatus(membership.StatusStopping)
+	servers, err := n.Servers()
+	if err != nil {
+		return err
+	}
+	others := 0
+	for _, s := range servers {
+		if string(s.ID) != n.id && s.Suffrage == raft.Voter {
+			others++
+		}
+	}
+	if n.IsLeader() && others > 0 {
+		if err := n.raft.LeadershipTransfer().Error(); err != nil {
+			n.logger.Warn("leadership transfer failed; removing self as leader", "error", err)
+			if err := n.raft.RemoveServer(raft.ServerID(n.id), 0, 0).Error(); err != nil {
+				return fmt.Errorf("remove self from raft: %w", err)
+			}
+		}
+	}
+	// Leave gossip first, so the leader's reconcile sees "left" and does not
+	// add this node back while the removal is in flight.
+	if err := n.members.Leave(5 * time.Second); err != nil {
+		n.logger.Warn("gossip leave failed", "error", err)
+	}
+	if others == 0 {
+		return nil
+	}
+	for {
+		servers, err := n.Servers()
+		if err == nil && !hasServer(servers, n.id) {
+			n.logger.Info("left the raft configuration")
+			return nil
+		}
+		_, addr := n.Leader()
+		if addr != "" && addr != n.cfg.RPCAdvertiseAddr {
+			var reply RemovePeerReply
+			cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			err = n.pool.call(cctx, addr, "RemovePeer", RemovePeerArgs{ID: n.id}, &reply)
+			cancel()
+			if err != nil {
+				n.logger.Debug("remove-peer request failed", "error", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for removal from raft: %w", ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// Shutdown stops the node without leaving the cluster: a restart on the same
+// data dir is not a membership change. It is idempotent and undoes start-up
+// in reverse order, storage last.
+func (n *Node) Shutdown() error {
+	n.shutdownOnce.Do(func() {
+		if n.logger != nil {
+			n.logger.Info("shutting down")
+		}
+		close(n.shutdownCh)
+		var errs []error
+		if n.members != nil {
+			errs = append(errs, n.members.Shutdown())
+		}
+		if n.raft != nil {
+			errs = append(errs, n.raft.Shutdown().Error())
+		}
+		if n.transport != nil {
+			errs = append(errs, n.transport.Close())
+		}
+		if n.mux != nil {
+			n.mux.close()
+		}
+		if n.pool != nil {
+			n.pool.close()
+		}
+		n.wg.Wait()
+		if n.mux != nil {
+			n.mux.wg.Wait()
+		}
+		if n.store != nil {
+			errs = append(errs, n.store.Close())
+		}
+		n.shutdownErr = errors.Join(errs...)
+	})
+	return n.shutdownErr
+}

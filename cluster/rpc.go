@@ -1,0 +1,209 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/rpc"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/mcpcluster/mcpcluster/fsm"
+)
+
+// ApplyArgs carries one encoded fsm.Command to the leader.
+type ApplyArgs struct{ Data []byte }
+
+// ApplyReply is the leader's answer to ApplyArgs.
+type ApplyReply struct {
+	Result    fsm.Result
+	NotLeader bool
+}
+
+// ReadIndexArgs asks the leader for the index a read must wait for.
+type ReadIndexArgs struct{ Linearizable bool }
+
+// ReadIndexReply is the leader's read index.
+type ReadIndexReply struct {
+	Index     uint64
+	NotLeader bool
+}
+
+// PeersArgs asks a node about its raft configuration.
+type PeersArgs struct{}
+
+// PeersReply tells how many servers a node's raft configuration holds.
+type PeersReply struct {
+	ID      string
+	Servers int
+}
+
+// RemovePeerArgs asks the leader to remove a server from the configuration.
+type RemovePeerArgs struct{ ID string }
+
+// RemovePeerReply is the leader's answer to RemovePeerArgs.
+type RemovePeerReply struct{ NotLeader bool }
+
+// rpcService is the node-to-node RPC surface, registered as "Cluster".
+type rpcService struct{ n *Node }
+
+// Apply commits a command if this node leads.
+func (s *rpcService) Apply(args ApplyArgs, reply *ApplyReply) error {
+	if s.n.raft.State() != raft.Leader {
+		reply.NotLeader = true
+		return nil
+	}
+	res, err := s.n.applyLocal(args.Data, s.n.cfg.ApplyTimeout)
+	if errors.Is(err, errRetry) {
+		reply.NotLeader = true
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	reply.Result = *res
+	return nil
+}
+
+// ReadIndex returns the leader's commit index, after confirming leadership
+// with a quorum when the read is linearizable.
+func (s *rpcService) ReadIndex(args ReadIndexArgs, reply *ReadIndexReply) error {
+	idx, err := s.n.leaderReadIndex(args.Linearizable)
+	if errors.Is(err, errRetry) {
+		reply.NotLeader = true
+		return nil
+	}
+	reply.Index = idx
+	return err
+}
+
+// Peers reports the size of this node's raft configuration; bootstrap uses it
+// to refuse bootstrapping when a peer already belongs to a cluster.
+func (s *rpcService) Peers(_ PeersArgs, reply *PeersReply) error {
+	f := s.n.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return fmt.Errorf("read raft configuration: %w", err)
+	}
+	reply.ID = s.n.id
+	reply.Servers = len(f.Configuration().Servers)
+	return nil
+}
+
+// RemovePeer removes a server from the raft configuration (a graceful leave).
+func (s *rpcService) RemovePeer(args RemovePeerArgs, reply *RemovePeerReply) error {
+	if s.n.raft.State() != raft.Leader {
+		reply.NotLeader = true
+		return nil
+	}
+	if err := s.n.raft.RemoveServer(raft.ServerID(args.ID), 0, 0).Error(); err != nil {
+		if isRetryable(err) {
+			reply.NotLeader = true
+			return nil
+		}
+		return fmt.Errorf("remove server %s: %w", args.ID, err)
+	}
+	s.n.logger.Info("removed server on its request", "id", args.ID)
+	return nil
+}
+
+// rpcPool keeps one multiplexed net/rpc client per peer address.
+type rpcPool struct {
+	mu          sync.Mutex
+	clients     map[string]*rpc.Client
+	dialTimeout time.Duration
+	closed      bool
+}
+
+func newRPCPool(dialTimeout time.Duration) *rpcPool {
+	return &rpcPool{clients: make(map[string]*rpc.Client), dialTimeout: dialTimeout}
+}
+
+var errPoolClosed = errors.New("rpc pool closed")
+
+func (p *rpcPool) client(ctx context.Context, addr string) (*rpc.Client, error) {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil, errPoolClosed
+	}
+	if c, ok := p.clients[addr]; ok {
+		p.mu.Unlock()
+		return c, nil
+	}
+	p.mu.Unlock()
+
+	timeout := p.dialTimeout
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < timeout {
+		timeout = time.Until(dl)
+	}
+	conn, err := dialCluster(addr, connRPC, timeout)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", addr, err)
+	}
+	c := rpc.NewClient(conn)
+
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		c.Close()
+		return nil, errPoolClosed
+	}
+	if existing, ok := p.clients[addr]; ok {
+		c.Close()
+		return existing, nil
+	}
+	p.clients[addr] = c
+	return c, nil
+}
+
+func (p *rpcPool) drop(addr string, c *rpc.Client) {
+	p.mu.Lock()
+	if p.clients[addr] == c {
+		delete(p.clients, addr)
+	}
+	p.mu.Unlock()
+	c.Close()
+}
+
+// call runs one RPC against addr, bounded by ctx. A broken connection is
+// dropped from the pool so the next call dials afresh.
+func (p *rpcPool) call(ctx context.Context, addr, method string, args, reply any) error {
+	c, err := p.client(ctx, addr)
+	if err != nil {
+		return err
+	}
+	call := c.Go("Cluster."+method, args, reply, make(chan *rpc.Call, 1))
+	select {
+	case <-call.Done:
+		var se rpc.ServerError
+		if call.Error != nil && !errors.As(call.Error, &se) {
+			p.drop(addr, c)
+		}
+		if call.Error != nil {
+			return fmt.Errorf("rpc %s to %s: %w", method, addr, call.Error)
+		}
+		return nil
+	case <-ctx.Done():
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			// The connection may be wedged (a paused peer); start over next time.
+			p.drop(addr, c)
+		}
+		return fmt.Errorf("rpc %s to %s: %w", method, addr, ctx.Err())
+	}
+}
+
+func (p *rpcPool) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closed = true
+	for addr, c := range p.clients {
+		c.Close()
+		delete(p.clients, addr)
+	}
+}
+
+func serveRPC(srv *rpc.Server) func(net.Conn) {
+	return func(conn net.Conn) { srv.ServeConn(conn) }
+}

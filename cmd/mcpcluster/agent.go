@@ -1,0 +1,150 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/mcpcluster/mcpcluster/cluster"
+	"github.com/mcpcluster/mcpcluster/membership"
+)
+
+// Agent wires one node: the cluster node and the HTTP server in front of it.
+// Tests run it in-process with :0 ports and a temp dir.
+type Agent struct {
+	cfg    AgentConfig
+	logger *slog.Logger
+
+	node    *cluster.Node
+	httpSrv *http.Server
+	httpLn  net.Listener
+
+	tempDir   string // dev mode's data dir, removed on Close
+	leaveOnce sync.Once
+	left      chan struct{} // closed when the node left on request (POST /v1/agent/leave)
+}
+
+// NewAgent starts the node and its HTTP server.
+func NewAgent(cfg AgentConfig, logger *slog.Logger) (*Agent, error) {
+	a := &Agent{cfg: cfg, logger: logger, left: make(chan struct{})}
+	if cfg.Dev && cfg.DataDir == "" {
+		dir, err := os.MkdirTemp("", "mcpcluster-dev-")
+		if err != nil {
+			return nil, fmt.Errorf("create dev data dir: %w", err)
+		}
+		a.cfg.DataDir, a.tempDir = dir, dir
+		logger.Info("dev mode: data is kept in a temporary directory", "data_dir", dir)
+	}
+
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		if a.tempDir != "" {
+			os.RemoveAll(a.tempDir)
+		}
+		return nil, fmt.Errorf("listen on http address %s: %w", cfg.HTTPAddr, err)
+	}
+	a.httpLn = ln
+	httpAdvertise := cfg.HTTPAdvertise
+	if httpAdvertise == "" {
+		httpAdvertise = ln.Addr().String()
+	}
+
+	level, _ := parseLevel(cfg.LogLevel)
+	nc := cluster.DefaultConfig()
+	nc.NodeID = cfg.NodeID
+	nc.DataDir = a.cfg.DataDir
+	nc.RPCBindAddr = cfg.RPCAddr
+	nc.RPCAdvertiseAddr = cfg.RPCAdvertise
+	nc.GossipBindAddr = cfg.GossipAddr
+	nc.GossipAdvertiseAddr = cfg.GossipAdvertise
+	nc.HTTPAdvertiseAddr = httpAdvertise
+	nc.Join = cfg.Join
+	nc.BootstrapExpect = cfg.BootstrapExpect
+	nc.GossipProfile = cfg.GossipProfile
+	nc.DeadServerTimeout = cfg.DeadServerTime
+	nc.ReconcileInterval = cfg.ReconcileEvery
+	nc.RaftHeartbeatTimeout = cfg.RaftHeartbeat
+	nc.RaftElectionTimeout = cfg.RaftElection
+	nc.RaftLeaderLeaseTimeout = min(cfg.RaftHeartbeat/2, 500*time.Millisecond)
+	nc.SnapshotThreshold = cfg.SnapshotEvery
+	nc.Logger = logger
+	nc.LogLevel = level
+	a.node, err = cluster.New(nc)
+	if err != nil {
+		ln.Close()
+		if a.tempDir != "" {
+			os.RemoveAll(a.tempDir)
+		}
+		return nil, fmt.Errorf("start node: %w", err)
+	}
+
+	apiCfg := cluster.DefaultAPIConfig()
+	apiCfg.OnLeave = func() { a.leaveOnce.Do(func() { close(a.left) }) }
+	apiCfg.Logger = logger
+	mux := http.NewServeMux()
+	mux.Handle("/", cluster.NewAPI(a.node, apiCfg))
+	a.httpSrv = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+	go func() {
+		if err := a.httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			logger.Error("http server stopped", "error", err)
+		}
+	}()
+	if err := a.node.SetStatus(membership.StatusRunning); err != nil {
+		logger.Warn("gossip status update failed", "error", err)
+	}
+	logger.Info("agent running", "node", a.node.ID(), "http", httpAdvertise, "rpc", a.node.RPCAddr(), "gossip", a.node.GossipAddr())
+	return a, nil
+}
+
+// Node returns the agent's cluster node.
+func (a *Agent) Node() *cluster.Node { return a.node }
+
+// HTTPAddr returns the address the HTTP server listens on.
+func (a *Agent) HTTPAddr() string { return a.httpLn.Addr().String() }
+
+// Run blocks until ctx is cancelled (a signal) or the node was told to
+// leave, then stops the agent. With leave-on-terminate, a signal makes the
+// node leave the cluster first; otherwise it only shuts down, so a restart
+// is not a membership change.
+func (a *Agent) Run(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+		if a.cfg.LeaveOnTerminate {
+			lctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			err := a.node.Leave(lctx)
+			cancel()
+			if err != nil {
+				a.logger.Error("leave failed", "error", err)
+			}
+		}
+	case <-a.left:
+	}
+	return a.Close()
+}
+
+// Close stops the HTTP server and the node (without leaving).
+func (a *Agent) Close() error {
+	_ = a.node.SetStatus(membership.StatusStopping)
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	herr := a.httpSrv.Shutdown(sctx)
+	if herr != nil {
+		herr = fmt.Errorf("stop http server: %w", herr)
+	}
+	err := errors.Join(herr, a.node.Shutdown())
+	if a.tempDir != "" {
+		os.RemoveAll(a.tempDir)
+	}
+	return err
+}

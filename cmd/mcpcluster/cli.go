@@ -1,0 +1,185 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/mcpcluster/mcpcluster/cluster"
+)
+
+// clientFlags are the flags every API-calling command shares.
+type clientFlags struct {
+	addr    string
+	json    bool
+	timeout time.Duration
+}
+
+func parseClientFlags(name string, args []string, stderr io.Writer) (clientFlags, error) {
+	var c clientFlags
+	def := os.Getenv("MCPCLUSTER_HTTP_ADDR")
+	if def == "" {
+		def = "127.0.0.1:8700"
+	}
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&c.addr, "http-addr", def, "HTTP address of a node (env MCPCLUSTER_HTTP_ADDR)")
+	fs.BoolVar(&c.json, "json", false, "print the raw JSON answer")
+	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "how long to wait for the node")
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			fs.SetOutput(stderr)
+			fs.PrintDefaults()
+			return c, err
+		}
+		return c, usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return c, usagef("unexpected argument %q", fs.Arg(0))
+	}
+	if err := checkHostPort(strings.TrimPrefix(c.addr, "http://"), false); err != nil {
+		return c, usagef("-http-addr %q: %v", c.addr, err)
+	}
+	return c, nil
+}
+
+func (c clientFlags) url(path string) string {
+	return "http://" + strings.TrimPrefix(c.addr, "http://") + path
+}
+
+// call sends one request to the node's API and returns the body of a 2xx answer.
+func (c clientFlags) call(method, path string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, c.url(path), nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("node at %s: %w", c.addr, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return nil, fmt.Errorf("read answer: %w", err)
+	}
+	if resp.StatusCode/100 != 2 {
+		var e struct{ Error string }
+		if json.Unmarshal(body, &e) == nil && e.Error != "" {
+			return nil, fmt.Errorf("node at %s: %s", c.addr, e.Error)
+		}
+		return nil, fmt.Errorf("node at %s: %s", c.addr, resp.Status)
+	}
+	return body, nil
+}
+
+func fetchStatus(c clientFlags) (cluster.Status, []byte, error) {
+	var st cluster.Status
+	body, err := c.call(http.MethodGet, "/v1/status")
+	if err != nil {
+		return st, nil, err
+	}
+	if err := json.Unmarshal(body, &st); err != nil {
+		return st, nil, fmt.Errorf("decode status: %w", err)
+	}
+	return st, body, nil
+}
+
+func runStatus(args []string, stdout, stderr io.Writer) error {
+	c, err := parseClientFlags("status", args, stderr)
+	if err != nil {
+		return err
+	}
+	st, body, err := fetchStatus(c)
+	if err != nil {
+		return err
+	}
+	if c.json {
+		_, err = stdout.Write(body)
+		return err
+	}
+	leader := st.Leader.ID
+	if leader == "" {
+		leader = "(none)"
+	}
+	ready := "yes"
+	if !st.Ready {
+		ready = "no: " + st.ReadyError
+	}
+	fmt.Fprintf(stdout, "Node:          %s\n", st.Node)
+	fmt.Fprintf(stdout, "Leader:        %s %s\n", leader, st.Leader.HTTPAddr)
+	fmt.Fprintf(stdout, "Raft state:    %s\n", st.Raft.State)
+	fmt.Fprintf(stdout, "Term:          %d\n", st.Raft.Term)
+	fmt.Fprintf(stdout, "Last index:    %d (commit %d, applied %d)\n", st.Raft.LastIndex, st.Raft.CommitIndex, st.Raft.AppliedIndex)
+	fmt.Fprintf(stdout, "Ready:         %s\n", ready)
+	fmt.Fprintf(stdout, "State:         %d nodes, %d tools, %d sessions, %d cache entries\n", st.FSM.Nodes, st.FSM.Tools, st.FSM.Sessions, st.FSM.CacheEntries)
+	fmt.Fprintln(stdout, "Servers:")
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	for _, s := range st.Servers {
+		fmt.Fprintf(tw, "  %s\t%s\t%s\n", s.ID, s.Address, s.Suffrage)
+	}
+	tw.Flush()
+	fmt.Fprintln(stdout, "Members:")
+	printMembers(stdout, st)
+	return nil
+}
+
+func printMembers(w io.Writer, st cluster.Status) {
+	voters := map[string]string{}
+	for _, s := range st.Servers {
+		voters[s.ID] = strings.ToLower(s.Suffrage)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tHTTP\tRPC\tGOSSIP\tSTATE\tSTATUS\tRAFT\tLOAD")
+	for _, m := range st.Members {
+		role := voters[m.ID]
+		if role == "" {
+			role = "-"
+		}
+		if m.ID == st.Leader.ID {
+			role = "leader"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d/%d\n", m.ID, m.HTTPAddr, m.RPCAddr, m.Gossip, m.State, m.Status, role, m.InFlight, m.Capacity)
+	}
+	tw.Flush()
+}
+
+func runMembers(args []string, stdout, stderr io.Writer) error {
+	c, err := parseClientFlags("members", args, stderr)
+	if err != nil {
+		return err
+	}
+	st, _, err := fetchStatus(c)
+	if err != nil {
+		return err
+	}
+	if c.json {
+		return json.NewEncoder(stdout).Encode(st.Members)
+	}
+	printMembers(stdout, st)
+	return nil
+}
+
+func runLeave(args []string, stdout, stderr io.Writer) error {
+	c, err := parseClientFlags("leave", args, stderr)
+	if err != nil {
+		return err
+	}
+	if c.timeout < 35*time.Second {
+		c.timeout = 35 * time.Second
+	}
+	if _, err := c.call(http.MethodPost, "/v1/agent/leave"); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "node at %s left the cluster\n", c.addr)
+	return nil
+}

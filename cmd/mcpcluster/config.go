@@ -1,0 +1,310 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// AgentConfig is everything `mcpcluster agent` can be told, from (lowest to
+// highest precedence) defaults, a YAML config file, MCPCLUSTER_* environment
+// variables and flags.
+type AgentConfig struct {
+	NodeID           string        `yaml:"node_id"`
+	DataDir          string        `yaml:"data_dir"`
+	HTTPAddr         string        `yaml:"http_addr"`
+	HTTPAdvertise    string        `yaml:"http_advertise"`
+	RPCAddr          string        `yaml:"rpc_addr"`
+	RPCAdvertise     string        `yaml:"rpc_advertise"`
+	GossipAddr       string        `yaml:"gossip_addr"`
+	GossipAdvertise  string        `yaml:"gossip_advertise"`
+	GossipProfile    string        `yaml:"gossip_profile"`
+	Join             []string      `yaml:"join"`
+	BootstrapExpect  int           `yaml:"bootstrap_expect"`
+	LogLevel         string        `yaml:"log_level"`
+	LogFormat        string        `yaml:"log_format"`
+	Dev              bool          `yaml:"dev"`
+	LeaveOnTerminate bool          `yaml:"leave_on_terminate"`
+	DeadServerTime   time.Duration `yaml:"dead_server_timeout"`
+	ReconcileEvery   time.Duration `yaml:"reconcile_interval"`
+	RaftHeartbeat    time.Duration `yaml:"raft_heartbeat_timeout"`
+	RaftElection     time.Duration `yaml:"raft_election_timeout"`
+	SnapshotEvery    uint64        `yaml:"snapshot_threshold"`
+}
+
+func defaultAgentConfig() AgentConfig {
+	return AgentConfig{
+		HTTPAddr:       "127.0.0.1:8700",
+		RPCAddr:        "127.0.0.1:8701",
+		GossipAddr:     "127.0.0.1:8702",
+		GossipProfile:  "lan",
+		LogLevel:       "info",
+		LogFormat:      "text",
+		DeadServerTime: 30 * time.Second,
+		ReconcileEvery: 5 * time.Second,
+		RaftHeartbeat:  time.Second,
+		RaftElection:   time.Second,
+		SnapshotEvery:  8192,
+	}
+}
+
+// usageError is a bad flag, config file or value: exit status 2.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
+
+// option is one setting, reachable as --name and MCPCLUSTER_NAME.
+type option struct {
+	name  string
+	usage string
+	set   func(c *AgentConfig, v string) error
+	bool  bool
+}
+
+func str(p func(*AgentConfig) *string) func(*AgentConfig, string) error {
+	return func(c *AgentConfig, v string) error { *p(c) = v; return nil }
+}
+
+func dur(p func(*AgentConfig) *time.Duration) func(*AgentConfig, string) error {
+	return func(c *AgentConfig, v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return fmt.Errorf("%q is not a positive duration such as 5s", v)
+		}
+		*p(c) = d
+		return nil
+	}
+}
+
+func boolean(p func(*AgentConfig) *bool) func(*AgentConfig, string) error {
+	return func(c *AgentConfig, v string) error {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("%q is not true or false", v)
+		}
+		*p(c) = b
+		return nil
+	}
+}
+
+var agentOptions = []option{
+	{name: "node-id", usage: "stable node id (default: the id stored in the data dir, or a new one)", set: str(func(c *AgentConfig) *string { return &c.NodeID })},
+	{name: "data-dir", usage: "directory for raft data and the node id", set: str(func(c *AgentConfig) *string { return &c.DataDir })},
+	{name: "http-addr", usage: "HTTP bind address host:port (MCP, admin API)", set: str(func(c *AgentConfig) *string { return &c.HTTPAddr })},
+	{name: "http-advertise", usage: "HTTP address other nodes and clients use (default: http-addr)", set: str(func(c *AgentConfig) *string { return &c.HTTPAdvertise })},
+	{name: "rpc-addr", usage: "cluster RPC bind address host:port (raft, forwarding)", set: str(func(c *AgentConfig) *string { return &c.RPCAddr })},
+	{name: "rpc-advertise", usage: "cluster RPC address peers dial (default: rpc-addr)", set: str(func(c *AgentConfig) *string { return &c.RPCAdvertise })},
+	{name: "gossip-addr", usage: "gossip bind address host:port (TCP and UDP)", set: str(func(c *AgentConfig) *string { return &c.GossipAddr })},
+	{name: "gossip-advertise", usage: "gossip address peers use (default: gossip-addr)", set: str(func(c *AgentConfig) *string { return &c.GossipAdvertise })},
+	{name: "gossip-profile", usage: "gossip timing: lan, or local for fast failure detection on one host", set: str(func(c *AgentConfig) *string { return &c.GossipProfile })},
+	{name: "join", usage: "gossip address of a peer to join, retried in the background (repeatable; comma-separated in env)", set: func(c *AgentConfig, v string) error {
+		for _, a := range strings.Split(v, ",") {
+			if a = strings.TrimSpace(a); a != "" {
+				c.Join = append(c.Join, a)
+			}
+		}
+		return nil
+	}},
+	{name: "bootstrap-expect", usage: "number of servers to wait for before bootstrapping a new cluster", set: func(c *AgentConfig, v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			return fmt.Errorf("%q is not a non-negative number", v)
+		}
+		c.BootstrapExpect = n
+		return nil
+	}},
+	{name: "log-level", usage: "debug, info, warn or error", set: str(func(c *AgentConfig) *string { return &c.LogLevel })},
+	{name: "log-format", usage: "text or json", set: str(func(c *AgentConfig) *string { return &c.LogFormat })},
+	{name: "dev", usage: "run a single self-bootstrapping node that needs nothing else", bool: true, set: boolean(func(c *AgentConfig) *bool { return &c.Dev })},
+	{name: "leave-on-terminate", usage: "leave the cluster on SIGTERM/SIGINT instead of just stopping", bool: true, set: boolean(func(c *AgentConfig) *bool { return &c.LeaveOnTerminate })},
+	{name: "dead-server-timeout", usage: "how long a failed server stays a voter before the leader removes it", set: dur(func(c *AgentConfig) *time.Duration { return &c.DeadServerTime })},
+	{name: "reconcile-interval", usage: "how often the leader reconciles gossip into raft", set: dur(func(c *AgentConfig) *time.Duration { return &c.ReconcileEvery })},
+	{name: "raft-heartbeat-timeout", usage: "raft heartbeat timeout (failure detection of the leader)", set: dur(func(c *AgentConfig) *time.Duration { return &c.RaftHeartbeat })},
+	{name: "raft-election-timeout", usage: "raft election timeout", set: dur(func(c *AgentConfig) *time.Duration { return &c.RaftElection })},
+	{name: "snapshot-threshold", usage: "raft log entries between snapshots", set: func(c *AgentConfig, v string) error {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil || n == 0 {
+			return fmt.Errorf("%q is not a positive number", v)
+		}
+		c.SnapshotEvery = n
+		return nil
+	}},
+}
+
+func envName(flagName string) string {
+	return "MCPCLUSTER_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// parseAgentConfig builds the agent's configuration from args, env and the
+// config file named by --config or MCPCLUSTER_CONFIG.
+func parseAgentConfig(args []string, getenv func(string) string, stderr io.Writer) (AgentConfig, error) {
+	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	type setting struct{ name, value string }
+	var flags []setting
+	configFile := getenv("MCPCLUSTER_CONFIG")
+	fs.Func("config", "YAML config file (env MCPCLUSTER_CONFIG)", func(v string) error { configFile = v; return nil })
+	for _, o := range agentOptions {
+		name := o.name
+		record := func(v string) error { flags = append(flags, setting{name, v}); return nil }
+		if o.bool {
+			fs.BoolFunc(name, o.usage, func(v string) error { return record(v) })
+		} else {
+			fs.Func(name, o.usage, record)
+		}
+	}
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: mcpcluster agent [flags]\n\nEvery flag can also be set as MCPCLUSTER_<NAME> (e.g. MCPCLUSTER_DATA_DIR) or in the YAML file given by --config.\n\n")
+		fs.SetOutput(stderr)
+		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.Usage()
+			return AgentConfig{}, err
+		}
+		return AgentConfig{}, usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return AgentConfig{}, usagef("unexpected argument %q", fs.Arg(0))
+	}
+
+	cfg := defaultAgentConfig()
+	if configFile != "" {
+		if err := loadConfigFile(configFile, &cfg); err != nil {
+			return AgentConfig{}, err
+		}
+	}
+	joinFromEnv := false
+	for _, o := range agentOptions {
+		if v := getenv(envName(o.name)); v != "" {
+			if o.name == "join" && !joinFromEnv {
+				cfg.Join, joinFromEnv = nil, true
+			}
+			if err := o.set(&cfg, v); err != nil {
+				return AgentConfig{}, usagef("environment %s: %v", envName(o.name), err)
+			}
+		}
+	}
+	joinFromFlags := false
+	for _, s := range flags {
+		if s.name == "join" && !joinFromFlags {
+			cfg.Join, joinFromFlags = nil, true
+		}
+		for _, o := range agentOptions {
+			if o.name == s.name {
+				if err := o.set(&cfg, s.value); err != nil {
+					return AgentConfig{}, usagef("flag -%s: %v", s.name, err)
+				}
+			}
+		}
+	}
+	if err := cfg.validate(); err != nil {
+		return AgentConfig{}, usageError{err}
+	}
+	return cfg, nil
+}
+
+func loadConfigFile(path string, cfg *AgentConfig) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return usagef("config file: %v", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
+		return usagef("config file %s: %s", path, strings.ReplaceAll(err.Error(), "\n", "; "))
+	}
+	return nil
+}
+
+func (c *AgentConfig) validate() error {
+	if c.Dev && c.BootstrapExpect == 0 {
+		c.BootstrapExpect = 1
+	}
+	if !c.Dev && c.DataDir == "" {
+		return errors.New("a data dir is required (--data-dir), or run --dev")
+	}
+	for _, a := range []struct{ name, value string }{
+		{"http-addr", c.HTTPAddr}, {"rpc-addr", c.RPCAddr}, {"gossip-addr", c.GossipAddr},
+	} {
+		if err := checkHostPort(a.value, false); err != nil {
+			return fmt.Errorf("-%s %q: %v", a.name, a.value, err)
+		}
+	}
+	for _, a := range []struct{ name, value string }{
+		{"http-advertise", c.HTTPAdvertise}, {"rpc-advertise", c.RPCAdvertise}, {"gossip-advertise", c.GossipAdvertise},
+	} {
+		if a.value == "" {
+			continue
+		}
+		if err := checkHostPort(a.value, true); err != nil {
+			return fmt.Errorf("-%s %q: %v", a.name, a.value, err)
+		}
+	}
+	for _, j := range c.Join {
+		if err := checkHostPort(j, false); err != nil {
+			return fmt.Errorf("-join %q: %v", j, err)
+		}
+	}
+	if _, err := parseLevel(c.LogLevel); err != nil {
+		return err
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		return fmt.Errorf("-log-format %q: want text or json", c.LogFormat)
+	}
+	if c.GossipProfile != "lan" && c.GossipProfile != "local" {
+		return fmt.Errorf("-gossip-profile %q: want lan or local", c.GossipProfile)
+	}
+	if c.BootstrapExpect > 1 && len(c.Join) == 0 {
+		return fmt.Errorf("-bootstrap-expect %d needs at least one -join address to find the other servers", c.BootstrapExpect)
+	}
+	return nil
+}
+
+// checkHostPort validates host:port; an advertised address needs a concrete IP.
+func checkHostPort(addr string, advertise bool) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return errors.New("want host:port")
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p < 0 || p > 65535 {
+		return fmt.Errorf("port %q is not a number from 0 to 65535", port)
+	}
+	if advertise {
+		ip := net.ParseIP(host)
+		if ip == nil || ip.IsUnspecified() || p == 0 {
+			return errors.New("an advertised address needs a concrete IP and port")
+		}
+		return nil
+	}
+	if host != "" && net.ParseIP(host) == nil && host != "localhost" {
+		if _, err := net.LookupHost(host); err != nil {
+			return fmt.Errorf("host %q does not resolve", host)
+		}
+	}
+	return nil
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, fmt.Errorf("-log-level %q: want debug, info, warn or error", s)
+	}
+	return l, nil
+}

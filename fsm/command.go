@@ -1,0 +1,228 @@
+package fsm
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+)
+
+// EncodingVersion is the first byte of every encoded Command.
+const EncodingVersion byte = 1
+
+// Type identifies the kind of state change a Command carries. It is stored
+// in the second byte of the encoding.
+type Type uint8
+
+// Command types. Values are part of the log format: never reorder them.
+const (
+	TypeNodeRegister Type = iota + 1
+	TypeNodeDeregister
+	TypeCatalogPut
+	TypeCatalogDelete
+	TypeAssign
+	TypeSessionOpen
+	TypeSessionTouch
+	TypeSessionDelete
+	TypeSessionExpire
+	TypeCacheSet
+	TypeCacheDelete
+	TypeCacheExpire
+)
+
+var typeNames = [...]string{
+	TypeNodeRegister:   "node_register",
+	TypeNodeDeregister: "node_deregister",
+	TypeCatalogPut:     "catalog_put",
+	TypeCatalogDelete:  "catalog_delete",
+	TypeAssign:         "assign",
+	TypeSessionOpen:    "session_open",
+	TypeSessionTouch:   "session_touch",
+	TypeSessionDelete:  "session_delete",
+	TypeSessionExpire:  "session_expire",
+	TypeCacheSet:       "cache_set",
+	TypeCacheDelete:    "cache_delete",
+	TypeCacheExpire:    "cache_expire",
+}
+
+func (t Type) valid() bool { return t >= TypeNodeRegister && t <= TypeCacheExpire }
+
+// String returns the snake_case name of t, or "Type(n)" for an unknown type.
+func (t Type) String() string {
+	if t.valid() {
+		return typeNames[t]
+	}
+	return fmt.Sprintf("Type(%d)", uint8(t))
+}
+
+// Command is one state change. One struct serves every Type; each type uses
+// only the fields documented next to them.
+type Command struct {
+	Type       Type        `json:"-"`                    // carried in the header byte
+	RequestID  string      `json:"rid,omitempty"`        // idempotency key, see dedupe
+	Now        int64       `json:"now"`                  // proposer's clock, unix ns
+	Node       *Node       `json:"node,omitempty"`       // NodeRegister (required, Node.ID non-empty)
+	NodeID     string      `json:"node_id,omitempty"`    // NodeDeregister (required)
+	Tools      []Tool      `json:"tools,omitempty"`      // CatalogPut (required, each Name non-empty)
+	Names      []string    `json:"names,omitempty"`      // CatalogDelete (required)
+	Assignment *Assignment `json:"assignment,omitempty"` // Assign (required, Tool non-empty)
+	Session    *Session    `json:"session,omitempty"`    // SessionOpen (required, ID non-empty)
+	SessionID  string      `json:"session_id,omitempty"` // SessionTouch, SessionDelete (required)
+	IdleTTL    int64       `json:"idle_ttl,omitempty"`   // SessionExpire: remove sessions with LastSeen+IdleTTL <= Now (required > 0)
+	Key        string      `json:"key,omitempty"`        // CacheSet, CacheDelete (required non-empty)
+	Value      []byte      `json:"value,omitempty"`      // CacheSet
+	ExpiresAt  int64       `json:"expires_at,omitempty"` // CacheSet: absolute unix ns; 0 = never
+	CAS        *uint64     `json:"cas,omitempty"`        // CacheSet/CacheDelete: only if the live entry's Version == *CAS; 0 = must not exist
+	Limit      int         `json:"limit,omitempty"`      // SessionExpire/CacheExpire: max removed, 0 = no limit
+}
+
+// Encode returns the log encoding of c: EncodingVersion, the type byte, then
+// the JSON of c. It rejects an unknown type and any command Decode would
+// reject, so a bad command fails at the proposer instead of in Apply.
+func Encode(c *Command) ([]byte, error) {
+	if c == nil {
+		return nil, errors.New("encode command: nil command")
+	}
+	if err := c.validate(); err != nil {
+		return nil, fmt.Errorf("encode %s: %w", c.Type, err)
+	}
+	js, err := json.Marshal(c)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s: %w", c.Type, err)
+	}
+	b := make([]byte, 2, 2+len(js))
+	b[0], b[1] = EncodingVersion, byte(c.Type)
+	return append(b, js...), nil
+}
+
+// Decode parses a Command produced by Encode. It returns an error, and never
+// panics, on short input, a wrong version, an unknown type, invalid JSON,
+// trailing data, a missing required field or a negative duration/limit.
+// Decoded commands are normalised (empty slices are nil, tool specs are
+// compacted) so that Decode(Encode(Decode(b))) equals Decode(b).
+func Decode(b []byte) (*Command, error) {
+	if len(b) < 2 {
+		return nil, fmt.Errorf("decode command: short input (%d bytes)", len(b))
+	}
+	if b[0] != EncodingVersion {
+		return nil, fmt.Errorf("decode command: unsupported encoding version %d", b[0])
+	}
+	t := Type(b[1])
+	if !t.valid() {
+		return nil, fmt.Errorf("decode command: unknown type %d", b[1])
+	}
+	if p := bytes.TrimLeft(b[2:], " \t\r\n"); len(p) == 0 || p[0] != '{' {
+		return nil, fmt.Errorf("decode %s: payload is not a json object", t)
+	}
+	c := &Command{}
+	if err := json.Unmarshal(b[2:], c); err != nil {
+		return nil, fmt.Errorf("decode %s: %w", t, err)
+	}
+	c.Type = t
+	c.normalize()
+	if err := c.validate(); err != nil {
+		return nil, fmt.Errorf("decode %s: %w", t, err)
+	}
+	return c, nil
+}
+
+// validate checks the fields the command's type requires.
+func (c *Command) validate() error {
+	switch {
+	case c.ExpiresAt < 0:
+		return errors.New("negative expires_at")
+	case c.IdleTTL < 0:
+		return errors.New("negative idle_ttl")
+	case c.Limit < 0:
+		return errors.New("negative limit")
+	}
+	switch c.Type {
+	case TypeNodeRegister:
+		if c.Node == nil || c.Node.ID == "" {
+			return errors.New("missing node id")
+		}
+	case TypeNodeDeregister:
+		if c.NodeID == "" {
+			return errors.New("missing node_id")
+		}
+	case TypeCatalogPut:
+		if len(c.Tools) == 0 {
+			return errors.New("missing tools")
+		}
+		for i, t := range c.Tools {
+			if err := t.validate(); err != nil {
+				return fmt.Errorf("tool %d: %w", i, err)
+			}
+		}
+	case TypeCatalogDelete:
+		if len(c.Names) == 0 {
+			return errors.New("missing names")
+		}
+	case TypeAssign:
+		if c.Assignment == nil || c.Assignment.Tool == "" {
+			return errors.New("missing assignment tool")
+		}
+	case TypeSessionOpen:
+		if c.Session == nil || c.Session.ID == "" {
+			return errors.New("missing session id")
+		}
+	case TypeSessionTouch, TypeSessionDelete:
+		if c.SessionID == "" {
+			return errors.New("missing session_id")
+		}
+	case TypeSessionExpire:
+		if c.IdleTTL <= 0 {
+			return errors.New("idle_ttl must be positive")
+		}
+	case TypeCacheSet, TypeCacheDelete:
+		if c.Key == "" {
+			return errors.New("missing key")
+		}
+	case TypeCacheExpire:
+	default:
+		return fmt.Errorf("unknown command type %d", uint8(c.Type))
+	}
+	return nil
+}
+
+func (t *Tool) validate() error {
+	switch {
+	case t.Name == "":
+		return errors.New("missing name")
+	case t.Replicas < 0:
+		return errors.New("negative replicas")
+	case t.CacheTTL < 0:
+		return errors.New("negative cache_ttl")
+	}
+	return nil
+}
+
+// normalize puts c in the canonical form that survives an Encode/Decode
+// round trip unchanged.
+func (c *Command) normalize() {
+	c.Value = nilIfEmpty(c.Value)
+	c.Names = nilIfEmpty(c.Names)
+	c.Tools = nilIfEmpty(c.Tools)
+	for i := range c.Tools {
+		c.Tools[i].normalize()
+	}
+	if c.Assignment != nil {
+		c.Assignment.Holders = nilIfEmpty(c.Assignment.Holders)
+	}
+}
+
+func (t *Tool) normalize() {
+	t.Nodes = nilIfEmpty(t.Nodes)
+	if len(t.Spec) == 0 {
+		t.Spec = nil
+	} else if b, err := json.Marshal(t.Spec); err == nil {
+		t.Spec = b // compact and escaped, exactly as Encode writes it
+	}
+}
+
+func nilIfEmpty[S ~[]E, E any](s S) S {
+	if len(s) == 0 {
+		return nil
+	}
+	return s
+}

@@ -1,0 +1,449 @@
+// Package fsm holds mcpcluster's replicated state: the node registry, the tool
+// catalog, the tool-assignment map, the MCP session table and the shared cache.
+//
+// It is pure and deterministic: no network, no wall clock, no randomness.
+// Time arrives inside each Command (Command.Now, stamped by the proposer), so
+// every replica that applies the same log reaches byte-identical state.
+package fsm
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/hashicorp/raft"
+)
+
+const (
+	// dedupeSize is how many distinct request ids the FSM remembers.
+	dedupeSize = 8192
+	// defaultListLimit is CacheList's limit when the caller passes <= 0.
+	defaultListLimit = 100
+)
+
+// state is the replicated data. Map values are replaced, never mutated in
+// place, so a shallow clone is a consistent snapshot.
+type state struct {
+	index      uint64
+	nodes      map[string]Node
+	tools      map[string]Tool
+	assigns    map[string]Assignment
+	sessions   map[string]Session
+	cache      map[string]CacheEntry
+	cacheBytes int64
+	dedupe     map[string]Result
+	order      []string // dedupe keys, oldest first
+}
+
+func newState() *state {
+	return &state{
+		nodes:    map[string]Node{},
+		tools:    map[string]Tool{},
+		assigns:  map[string]Assignment{},
+		sessions: map[string]Session{},
+		cache:    map[string]CacheEntry{},
+		dedupe:   map[string]Result{},
+	}
+}
+
+// FSM is the raft state machine. It implements raft.FSM and raft.BatchingFSM;
+// its read methods are safe for concurrent use and return copies.
+type FSM struct {
+	mu sync.RWMutex
+	st *state
+
+	subMu sync.Mutex
+	subs  map[chan struct{}]struct{}
+}
+
+var _ raft.BatchingFSM = (*FSM)(nil)
+
+// New returns an empty FSM.
+func New() *FSM {
+	return &FSM{st: newState(), subs: map[chan struct{}]struct{}{}}
+}
+
+// Apply applies one log entry. It returns a *Result for raft.LogCommand and
+// nil for any other log type. Undecodable data panics: the log is corrupt.
+func (f *FSM) Apply(l *raft.Log) interface{} {
+	if l.Type != raft.LogCommand {
+		return nil
+	}
+	c := mustDecode(l)
+	f.mu.Lock()
+	r, changed := f.st.apply(l.Index, c)
+	f.mu.Unlock()
+	if changed {
+		f.notify()
+	}
+	return r
+}
+
+// ApplyBatch applies logs in order under one lock acquisition, with the same
+// per-entry results as Apply. Every entry is decoded before any is applied.
+func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
+	cmds := make([]*Command, len(logs))
+	for i, l := range logs {
+		if l.Type == raft.LogCommand {
+			cmds[i] = mustDecode(l)
+		}
+	}
+	out := make([]interface{}, len(logs))
+	changed := false
+	f.mu.Lock()
+	for i, c := range cmds {
+		if c != nil {
+			r, ch := f.st.apply(logs[i].Index, c)
+			out[i], changed = r, changed || ch
+		}
+	}
+	f.mu.Unlock()
+	if changed {
+		f.notify()
+	}
+	return out
+}
+
+func mustDecode(l *raft.Log) *Command {
+	c, err := Decode(l.Data)
+	if err != nil {
+		panic(fmt.Sprintf("fsm: corrupt log entry at index %d: %v", l.Index, err))
+	}
+	return c
+}
+
+// apply executes c at log index. It reports whether the catalog or the
+// assignments changed.
+func (s *state) apply(index uint64, c *Command) (*Result, bool) {
+	s.index = index
+	if c.RequestID != "" {
+		if r, ok := s.dedupe[c.RequestID]; ok {
+			r.Duplicate = true
+			return &r, false
+		}
+	}
+	r := Result{Index: index}
+	changed := false
+	switch c.Type {
+	case TypeNodeRegister:
+		n := *c.Node
+		n.RegisteredAt = c.Now
+		if old, ok := s.nodes[n.ID]; ok {
+			n.RegisteredAt = old.RegisteredAt
+		}
+		s.nodes[n.ID] = n
+	case TypeNodeDeregister:
+		changed = s.deregister(c.NodeID, &r)
+	case TypeCatalogPut:
+		for _, t := range c.Tools {
+			s.tools[t.Name] = t
+		}
+		changed = true
+	case TypeCatalogDelete:
+		for _, name := range c.Names {
+			if _, ok := s.tools[name]; ok {
+				delete(s.tools, name)
+				r.Removed++
+				changed = true
+			}
+			if _, ok := s.assigns[name]; ok {
+				delete(s.assigns, name)
+				changed = true
+			}
+		}
+	case TypeAssign:
+		a := *c.Assignment
+		a.Epoch = index
+		s.assigns[a.Tool] = a
+		changed = true
+	case TypeSessionOpen:
+		ss := *c.Session
+		ss.CreatedAt, ss.LastSeen = c.Now, c.Now
+		s.sessions[ss.ID] = ss
+	case TypeSessionTouch:
+		if ss, ok := s.sessions[c.SessionID]; ok {
+			ss.LastSeen = max(ss.LastSeen, c.Now)
+			s.sessions[ss.ID] = ss
+		} else {
+			r.Code = CodeNotFound
+		}
+	case TypeSessionDelete:
+		if _, ok := s.sessions[c.SessionID]; ok {
+			delete(s.sessions, c.SessionID)
+			r.Removed = 1
+		} else {
+			r.Code = CodeNotFound
+		}
+	case TypeSessionExpire:
+		var ids []string
+		for id, ss := range s.sessions {
+			// LastSeen+IdleTTL <= Now, without overflowing.
+			if ss.LastSeen <= math.MaxInt64-c.IdleTTL && ss.LastSeen+c.IdleTTL <= c.Now {
+				ids = append(ids, id)
+			}
+		}
+		for _, id := range firstN(ids, c.Limit) {
+			delete(s.sessions, id)
+			r.Removed++
+		}
+	case TypeCacheSet:
+		if cur := s.liveVersion(c.Key, c.Now); c.CAS != nil && *c.CAS != cur {
+			r.Code, r.Version = CodeCASMismatch, cur
+			break
+		}
+		s.cacheDelete(c.Key)
+		e := CacheEntry{Key: c.Key, Value: c.Value, Version: index, ExpiresAt: c.ExpiresAt}
+		s.cache[e.Key] = e
+		s.cacheBytes += e.size()
+		r.Version = index
+	case TypeCacheDelete:
+		cur := s.liveVersion(c.Key, c.Now)
+		switch {
+		case c.CAS != nil && *c.CAS != cur:
+			r.Code, r.Version = CodeCASMismatch, cur
+		case cur == 0:
+			r.Code = CodeNotFound
+		default:
+			s.cacheDelete(c.Key)
+			r.Removed = 1
+		}
+	case TypeCacheExpire:
+		var keys []string
+		for k, e := range s.cache {
+			if e.expired(c.Now) {
+				keys = append(keys, k)
+			}
+		}
+		for _, k := range firstN(keys, c.Limit) {
+			s.cacheDelete(k)
+			r.Removed++
+		}
+	}
+	if c.RequestID != "" {
+		s.remember(c.RequestID, r)
+	}
+	return &r, changed
+}
+
+// deregister removes a node and scrubs it from every tool and assignment.
+func (s *state) deregister(id string, r *Result) (changed bool) {
+	if _, ok := s.nodes[id]; ok {
+		delete(s.nodes, id)
+		r.Removed = 1
+	}
+	for name, t := range s.tools {
+		if slices.Contains(t.Nodes, id) {
+			t.Nodes = without(t.Nodes, id)
+			s.tools[name] = t
+			changed = true
+		}
+	}
+	for name, a := range s.assigns {
+		if slices.Contains(a.Holders, id) {
+			a.Holders = without(a.Holders, id)
+			s.assigns[name] = a
+			changed = true
+		}
+	}
+	return changed
+}
+
+// liveVersion returns the version of key's live entry, or 0 if it is absent
+// or expired at now. Versions are log indexes, so a live entry is never 0.
+func (s *state) liveVersion(key string, now int64) uint64 {
+	if e, ok := s.cache[key]; ok && !e.expired(now) {
+		return e.Version
+	}
+	return 0
+}
+
+func (s *state) cacheDelete(key string) {
+	if e, ok := s.cache[key]; ok {
+		s.cacheBytes -= e.size()
+		delete(s.cache, key)
+	}
+}
+
+func (s *state) remember(id string, r Result) {
+	if len(s.order) >= dedupeSize {
+		delete(s.dedupe, s.order[0])
+		s.order = s.order[1:]
+	}
+	s.dedupe[id] = r
+	s.order = append(s.order, id)
+}
+
+// without returns a new slice holding s minus every occurrence of v.
+func without(s []string, v string) []string {
+	var out []string
+	for _, x := range s {
+		if x != v {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// firstN sorts keys and returns at most n of them (n == 0: all).
+func firstN(keys []string, n int) []string {
+	slices.Sort(keys)
+	if n > 0 && len(keys) > n {
+		keys = keys[:n]
+	}
+	return keys
+}
+
+// Subscribe returns a channel that receives a value (non-blocking, coalesced,
+// buffer 1) after any Apply or Restore that changed the catalog or the
+// assignments, and a function that cancels the subscription. The channel is
+// never closed.
+func (f *FSM) Subscribe() (<-chan struct{}, func()) {
+	ch := make(chan struct{}, 1)
+	f.subMu.Lock()
+	f.subs[ch] = struct{}{}
+	f.subMu.Unlock()
+	return ch, func() {
+		f.subMu.Lock()
+		delete(f.subs, ch)
+		f.subMu.Unlock()
+	}
+}
+
+func (f *FSM) notify() {
+	f.subMu.Lock()
+	defer f.subMu.Unlock()
+	for ch := range f.subs {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// LastIndex returns the log index of the last applied command (or of the
+// restored snapshot). Non-command log entries do not advance it.
+func (f *FSM) LastIndex() uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.st.index
+}
+
+// Node returns the registered node with the given id.
+func (f *FSM) Node(id string) (Node, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	n, ok := f.st.nodes[id]
+	return n, ok
+}
+
+// Nodes returns every registered node, sorted by ID.
+func (f *FSM) Nodes() []Node {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return sortedValues(f.st.nodes, func(n Node) Node { return n })
+}
+
+// Tools returns the catalog, sorted by Name.
+func (f *FSM) Tools() []Tool {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return sortedValues(f.st.tools, Tool.clone)
+}
+
+// Tool returns the catalog entry with the given name.
+func (f *FSM) Tool(name string) (Tool, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	t, ok := f.st.tools[name]
+	return t.clone(), ok
+}
+
+// Assignment returns the assignment of the given tool.
+func (f *FSM) Assignment(tool string) (Assignment, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	a, ok := f.st.assigns[tool]
+	return a.clone(), ok
+}
+
+// Assignments returns every assignment, sorted by Tool.
+func (f *FSM) Assignments() []Assignment {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return sortedValues(f.st.assigns, Assignment.clone)
+}
+
+// Session returns the session with the given id. Expiry is not applied here:
+// sessions are removed by SessionExpire commands.
+func (f *FSM) Session(id string) (Session, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	s, ok := f.st.sessions[id]
+	return s, ok
+}
+
+// Sessions returns every session, sorted by ID.
+func (f *FSM) Sessions() []Session {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return sortedValues(f.st.sessions, func(s Session) Session { return s })
+}
+
+// CacheGet returns the live cache entry for key; entries with
+// ExpiresAt != 0 && ExpiresAt <= now are hidden.
+func (f *FSM) CacheGet(key string, now int64) (CacheEntry, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	e, ok := f.st.cache[key]
+	if !ok || e.expired(now) {
+		return CacheEntry{}, false
+	}
+	return e.clone(), true
+}
+
+// CacheList returns live entries whose key has prefix and sorts after after,
+// in key order, at most limit of them (limit <= 0 means 100).
+func (f *FSM) CacheList(prefix, after string, limit int, now int64) []CacheEntry {
+	if limit <= 0 {
+		limit = defaultListLimit
+	}
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	var keys []string
+	for k, e := range f.st.cache {
+		if k > after && strings.HasPrefix(k, prefix) && !e.expired(now) {
+			keys = append(keys, k)
+		}
+	}
+	keys = firstN(keys, limit)
+	out := make([]CacheEntry, len(keys))
+	for i, k := range keys {
+		out[i] = f.st.cache[k].clone()
+	}
+	return out
+}
+
+// Counts returns the number of entries in each table and the cache size in
+// bytes (sum of len(key)+len(value), expired-but-not-removed entries included).
+func (f *FSM) Counts() Counts {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	s := f.st
+	return Counts{
+		Nodes:        len(s.nodes),
+		Tools:        len(s.tools),
+		Assignments:  len(s.assigns),
+		Sessions:     len(s.sessions),
+		CacheEntries: len(s.cache),
+		CacheBytes:   s.cacheBytes,
+	}
+}
+
+// sortedValues returns m's values in key order, each passed through cp.
+func sortedValues[V any](m map[string]V, cp func(V) V) []V {
+	out := make([]V, 0, len(m))
+	eachSorted(m, func(v *V) { out = append(out, cp(*v)) })
+	return out
+}

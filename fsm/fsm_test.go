@@ -1,0 +1,517 @@
+package fsm
+
+import (
+	"fmt"
+	"math/rand"
+	"reflect"
+	"testing"
+
+	"github.com/hashicorp/raft"
+)
+
+// testFSM applies commands at consecutive log indexes.
+type testFSM struct {
+	*FSM
+	tb  testing.TB
+	idx uint64
+}
+
+func newTestFSM(tb testing.TB) *testFSM { return &testFSM{FSM: New(), tb: tb} }
+
+func (f *testFSM) log(c *Command) *raft.Log {
+	f.idx++
+	return &raft.Log{Index: f.idx, Term: 1, Type: raft.LogCommand, Data: mustEncode(f.tb, c)}
+}
+
+func (f *testFSM) apply(c *Command) *Result {
+	f.tb.Helper()
+	r, ok := f.Apply(f.log(c)).(*Result)
+	if !ok || r == nil {
+		f.tb.Fatalf("Apply(%s) did not return a *Result", c.Type)
+	}
+	return r
+}
+
+type step struct {
+	cmd  Command
+	want Result // Index 0 means "the index this step was applied at"
+}
+
+func TestApply(t *testing.T) {
+	reg := func(id, addr string, now int64) Command {
+		return Command{Type: TypeNodeRegister, Now: now, Node: &Node{ID: id, HTTPAddr: addr}}
+	}
+	put := func(tools ...Tool) Command { return Command{Type: TypeCatalogPut, Tools: tools} }
+	assign := func(tool string, holders ...string) Command {
+		return Command{Type: TypeAssign, Assignment: &Assignment{Tool: tool, Holders: holders}}
+	}
+	open := func(id string, now int64) Command {
+		return Command{Type: TypeSessionOpen, Now: now, Session: &Session{ID: id, Principal: "p"}}
+	}
+	set := func(key, val string, now, exp int64, cas *uint64) Command {
+		return Command{Type: TypeCacheSet, Now: now, Key: key, Value: []byte(val), ExpiresAt: exp, CAS: cas}
+	}
+	del := func(key string, now int64, cas *uint64) Command {
+		return Command{Type: TypeCacheDelete, Now: now, Key: key, CAS: cas}
+	}
+	cases := []struct {
+		name  string
+		steps []step
+		check func(t *testing.T, f *FSM)
+	}{
+		{
+			name: "node register upserts and keeps RegisteredAt",
+			steps: []step{
+				{cmd: reg("n1", "a:1", 100)},
+				{cmd: reg("n2", "b:1", 150)},
+				{cmd: reg("n1", "a:2", 200)},
+			},
+			check: func(t *testing.T, f *FSM) {
+				want := []Node{{ID: "n1", HTTPAddr: "a:2", RegisteredAt: 100}, {ID: "n2", HTTPAddr: "b:1", RegisteredAt: 150}}
+				if got := f.Nodes(); !reflect.DeepEqual(got, want) {
+					t.Errorf("Nodes() = %+v, want %+v", got, want)
+				}
+				if n, ok := f.Node("n1"); !ok || n.HTTPAddr != "a:2" {
+					t.Errorf("Node(n1) = %+v, %v", n, ok)
+				}
+			},
+		},
+		{
+			name: "node deregister scrubs tools and assignments",
+			steps: []step{
+				{cmd: reg("n1", "a", 1)},
+				{cmd: reg("n2", "b", 1)},
+				{cmd: put(Tool{Name: "t1", Nodes: []string{"n1", "n2"}}, Tool{Name: "t2", Nodes: []string{"n1"}})},
+				{cmd: assign("t1", "n2", "n1")},
+				{cmd: Command{Type: TypeNodeDeregister, NodeID: "n1"}, want: Result{Removed: 1}},
+				{cmd: Command{Type: TypeNodeDeregister, NodeID: "n1"}},
+			},
+			check: func(t *testing.T, f *FSM) {
+				if _, ok := f.Node("n1"); ok {
+					t.Error("n1 still registered")
+				}
+				if tl, _ := f.Tool("t1"); !reflect.DeepEqual(tl.Nodes, []string{"n2"}) {
+					t.Errorf("t1.Nodes = %v", tl.Nodes)
+				}
+				if tl, _ := f.Tool("t2"); tl.Nodes != nil {
+					t.Errorf("t2.Nodes = %v", tl.Nodes)
+				}
+				if a, _ := f.Assignment("t1"); !reflect.DeepEqual(a.Holders, []string{"n2"}) || a.Epoch != 4 {
+					t.Errorf("assignment = %+v", a)
+				}
+			},
+		},
+		{
+			name: "catalog put replaces, delete removes tools and assignments",
+			steps: []step{
+				{cmd: put(Tool{Name: "b", Provider: "p1", Replicas: 1}, Tool{Name: "a", Provider: "p1"}, Tool{Name: "c"})},
+				{cmd: put(Tool{Name: "b", Provider: "p2"})},
+				{cmd: assign("a", "n1")},
+				{cmd: assign("ghost", "n1")},
+				{cmd: Command{Type: TypeCatalogDelete, Names: []string{"a", "ghost", "missing"}}, want: Result{Removed: 1}},
+			},
+			check: func(t *testing.T, f *FSM) {
+				want := []Tool{{Name: "b", Provider: "p2"}, {Name: "c"}}
+				if got := f.Tools(); !reflect.DeepEqual(got, want) {
+					t.Errorf("Tools() = %+v, want %+v", got, want)
+				}
+				if got := f.Assignments(); len(got) != 0 {
+					t.Errorf("Assignments() = %+v, want none", got)
+				}
+			},
+		},
+		{
+			name: "assign sets epoch, allows unknown tool, replaces",
+			steps: []step{
+				{cmd: assign("x", "n1", "n2")},
+				{cmd: assign("w", "n3")},
+				{cmd: assign("x", "n2")},
+			},
+			check: func(t *testing.T, f *FSM) {
+				want := []Assignment{{Tool: "w", Holders: []string{"n3"}, Epoch: 2}, {Tool: "x", Holders: []string{"n2"}, Epoch: 3}}
+				if got := f.Assignments(); !reflect.DeepEqual(got, want) {
+					t.Errorf("Assignments() = %+v, want %+v", got, want)
+				}
+			},
+		},
+		{
+			name: "sessions open touch delete",
+			steps: []step{
+				{cmd: open("s1", 100)},
+				{cmd: Command{Type: TypeSessionTouch, Now: 150, SessionID: "s1"}},
+				{cmd: Command{Type: TypeSessionTouch, Now: 120, SessionID: "s1"}}, // stale clock: LastSeen stays
+				{cmd: Command{Type: TypeSessionTouch, Now: 150, SessionID: "nope"}, want: Result{Code: CodeNotFound}},
+				{cmd: open("s2", 160)},
+				{cmd: Command{Type: TypeSessionDelete, SessionID: "s2"}, want: Result{Removed: 1}},
+				{cmd: Command{Type: TypeSessionDelete, SessionID: "s2"}, want: Result{Code: CodeNotFound}},
+			},
+			check: func(t *testing.T, f *FSM) {
+				want := []Session{{ID: "s1", Principal: "p", CreatedAt: 100, LastSeen: 150}}
+				if got := f.Sessions(); !reflect.DeepEqual(got, want) {
+					t.Errorf("Sessions() = %+v, want %+v", got, want)
+				}
+			},
+		},
+		{
+			name: "session expire in id order with limit",
+			steps: []step{
+				{cmd: open("d", 10)},
+				{cmd: open("c", 10)},
+				{cmd: open("b", 10)},
+				{cmd: open("a", 50)},
+				{cmd: open("z", 1<<62)},
+				{cmd: Command{Type: TypeSessionExpire, Now: 30, IdleTTL: 20, Limit: 2}, want: Result{Removed: 2}},
+				{cmd: Command{Type: TypeSessionExpire, Now: 1<<63 - 1, IdleTTL: 1<<63 - 1}},
+				{cmd: Command{Type: TypeSessionExpire, Now: 69, IdleTTL: 20}, want: Result{Removed: 1}},
+			},
+			check: func(t *testing.T, f *FSM) {
+				var ids []string
+				for _, s := range f.Sessions() {
+					ids = append(ids, s.ID)
+				}
+				if want := []string{"a", "z"}; !reflect.DeepEqual(ids, want) {
+					t.Errorf("sessions = %v, want %v", ids, want)
+				}
+			},
+		},
+		{
+			name: "cache set and CAS",
+			steps: []step{
+				{cmd: set("k", "v1", 0, 0, nil), want: Result{Version: 1}},
+				{cmd: set("k", "v2", 0, 0, u64(0)), want: Result{Code: CodeCASMismatch, Version: 1}},
+				{cmd: set("k", "v2", 0, 0, u64(5)), want: Result{Code: CodeCASMismatch, Version: 1}},
+				{cmd: set("k", "v3", 0, 100, u64(1)), want: Result{Version: 4}},
+				{cmd: set("k", "v4", 100, 0, u64(4)), want: Result{Code: CodeCASMismatch}}, // expired counts as absent
+				{cmd: set("k", "v5", 100, 0, u64(0)), want: Result{Version: 6}},
+				{cmd: set("new", "x", 0, 0, u64(0)), want: Result{Version: 7}},
+			},
+			check: func(t *testing.T, f *FSM) {
+				if e, ok := f.CacheGet("k", 1000); !ok || string(e.Value) != "v5" || e.Version != 6 || e.ExpiresAt != 0 {
+					t.Errorf("CacheGet(k) = %+v, %v", e, ok)
+				}
+				if got, want := f.Counts(), (Counts{CacheEntries: 2, CacheBytes: 3 + 4}); got != want {
+					t.Errorf("Counts() = %+v, want %+v", got, want)
+				}
+			},
+		},
+		{
+			name: "cache delete",
+			steps: []step{
+				{cmd: set("a", "1", 0, 0, nil), want: Result{Version: 1}},
+				{cmd: set("b", "2", 0, 50, nil), want: Result{Version: 2}},
+				{cmd: del("missing", 0, nil), want: Result{Code: CodeNotFound}},
+				{cmd: del("b", 50, nil), want: Result{Code: CodeNotFound}},
+				{cmd: del("a", 0, u64(9)), want: Result{Code: CodeCASMismatch, Version: 1}},
+				{cmd: del("a", 0, u64(0)), want: Result{Code: CodeCASMismatch, Version: 1}},
+				{cmd: del("a", 0, u64(1)), want: Result{Removed: 1}},
+				{cmd: del("a", 0, nil), want: Result{Code: CodeNotFound}},
+			},
+			check: func(t *testing.T, f *FSM) {
+				if got, want := f.Counts(), (Counts{CacheEntries: 1, CacheBytes: 2}); got != want {
+					t.Errorf("Counts() = %+v, want %+v", got, want)
+				}
+				if _, ok := f.CacheGet("b", 49); !ok {
+					t.Error("b hidden before expiry")
+				}
+				if _, ok := f.CacheGet("b", 50); ok {
+					t.Error("b visible at expiry")
+				}
+			},
+		},
+		{
+			name: "cache expire in key order with limit",
+			steps: []step{
+				{cmd: set("d", "x", 0, 10, nil), want: Result{Version: 1}},
+				{cmd: set("c", "x", 0, 10, nil), want: Result{Version: 2}},
+				{cmd: set("b", "x", 0, 20, nil), want: Result{Version: 3}},
+				{cmd: set("a", "x", 0, 0, nil), want: Result{Version: 4}},
+				{cmd: Command{Type: TypeCacheExpire, Now: 10, Limit: 1}, want: Result{Removed: 1}},
+				{cmd: Command{Type: TypeCacheExpire, Now: 20}, want: Result{Removed: 2}},
+				{cmd: Command{Type: TypeCacheExpire, Now: 1 << 62}},
+			},
+			check: func(t *testing.T, f *FSM) {
+				if got := f.CacheList("", "", 0, 0); len(got) != 1 || got[0].Key != "a" {
+					t.Errorf("CacheList = %+v", got)
+				}
+				if got, want := f.Counts(), (Counts{CacheEntries: 1, CacheBytes: 2}); got != want {
+					t.Errorf("Counts() = %+v, want %+v", got, want)
+				}
+			},
+		},
+		{
+			name: "dedupe applies a request id once",
+			steps: []step{
+				{cmd: Command{Type: TypeCacheSet, RequestID: "rq", Key: "k", Value: []byte("1")}, want: Result{Version: 1}},
+				{cmd: Command{Type: TypeCacheSet, Key: "k", Value: []byte("2")}, want: Result{Version: 2}},
+				{cmd: Command{Type: TypeCacheSet, RequestID: "rq", Key: "k", Value: []byte("3")}, want: Result{Index: 1, Version: 1, Duplicate: true}},
+				{cmd: Command{Type: TypeCacheDelete, RequestID: "rd", Key: "zz"}, want: Result{Code: CodeNotFound}},
+				{cmd: Command{Type: TypeCacheSet, RequestID: "rz", Key: "zz"}, want: Result{Version: 5}},
+				{cmd: Command{Type: TypeCacheDelete, RequestID: "rd", Key: "zz"}, want: Result{Index: 4, Code: CodeNotFound, Duplicate: true}},
+			},
+			check: func(t *testing.T, f *FSM) {
+				if e, _ := f.CacheGet("k", 0); string(e.Value) != "2" {
+					t.Errorf("k = %q, want 2", e.Value)
+				}
+				if _, ok := f.CacheGet("zz", 0); !ok {
+					t.Error("duplicate delete was applied")
+				}
+				if f.LastIndex() != 6 {
+					t.Errorf("LastIndex() = %d, want 6", f.LastIndex())
+				}
+			},
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newTestFSM(t)
+			for i, s := range tc.steps {
+				got := f.apply(&s.cmd)
+				want := s.want
+				if want.Index == 0 {
+					want.Index = f.idx
+				}
+				if *got != want {
+					t.Fatalf("step %d (%s): result %+v, want %+v", i, s.cmd.Type, *got, want)
+				}
+			}
+			tc.check(t, f.FSM)
+		})
+	}
+}
+
+func TestApplyNonCommandReturnsNil(t *testing.T) {
+	f := New()
+	for _, typ := range []raft.LogType{raft.LogConfiguration, raft.LogNoop, raft.LogBarrier} {
+		if r := f.Apply(&raft.Log{Index: 5, Type: typ, Data: []byte("whatever")}); r != nil {
+			t.Errorf("Apply(%v) = %v, want nil", typ, r)
+		}
+	}
+	if f.LastIndex() != 0 {
+		t.Errorf("LastIndex() = %d, want 0", f.LastIndex())
+	}
+}
+
+func TestApplyCorruptPanics(t *testing.T) {
+	for _, data := range [][]byte{nil, {EncodingVersion}, {9, 1, '{', '}'}, {EncodingVersion, byte(TypeCacheSet), '{', '}'}} {
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Errorf("Apply(%q) did not panic", data)
+				}
+			}()
+			New().Apply(&raft.Log{Index: 1, Type: raft.LogCommand, Data: data})
+		}()
+	}
+}
+
+func TestDedupeEvictsOldest(t *testing.T) {
+	f := newTestFSM(t)
+	for i := 0; i <= dedupeSize; i++ {
+		f.apply(&Command{Type: TypeCacheExpire, RequestID: fmt.Sprint("r", i)})
+	}
+	if r := f.apply(&Command{Type: TypeCacheExpire, RequestID: "r1"}); !r.Duplicate || r.Index != 2 {
+		t.Errorf("r1 not remembered: %+v", r)
+	}
+	if r := f.apply(&Command{Type: TypeCacheExpire, RequestID: "r0"}); r.Duplicate {
+		t.Errorf("r0 still remembered: %+v", r)
+	}
+	if n := len(f.st.dedupe); n != dedupeSize || len(f.st.order) != dedupeSize {
+		t.Errorf("dedupe size %d/%d, want %d", n, len(f.st.order), dedupeSize)
+	}
+}
+
+// randomCommands returns a deterministic mix of every command type.
+func randomCommands(seed int64, n int) []*Command {
+	rng := rand.New(rand.NewSource(seed))
+	pick := func(p string, k int) string { return fmt.Sprintf("%s%d", p, rng.Intn(k)) }
+	cmds := make([]*Command, n)
+	for i := range cmds {
+		now := int64(i * 10)
+		c := &Command{Type: Type(rng.Intn(int(TypeCacheExpire)) + 1), Now: now}
+		if rng.Intn(4) == 0 {
+			c.RequestID = pick("rid", 50)
+		}
+		switch c.Type {
+		case TypeNodeRegister:
+			c.Node = &Node{ID: pick("n", 5), HTTPAddr: pick("addr", 100)}
+		case TypeNodeDeregister:
+			c.NodeID = pick("n", 5)
+		case TypeCatalogPut:
+			c.Tools = []Tool{{Name: pick("t", 8), Nodes: []string{pick("n", 5), pick("n", 5)}, Spec: []byte(`{"n":1}`)}}
+		case TypeCatalogDelete:
+			c.Names = []string{pick("t", 8)}
+		case TypeAssign:
+			c.Assignment = &Assignment{Tool: pick("t", 8), Holders: []string{pick("n", 5), pick("n", 5)}}
+		case TypeSessionOpen:
+			c.Session = &Session{ID: pick("s", 20)}
+		case TypeSessionTouch, TypeSessionDelete:
+			c.SessionID = pick("s", 20)
+		case TypeSessionExpire:
+			c.IdleTTL, c.Limit = int64(rng.Intn(200)+1), rng.Intn(3)
+		case TypeCacheSet, TypeCacheDelete:
+			c.Key = pick("k", 30)
+			c.Value = []byte(pick("v", 1000))
+			if c.Type == TypeCacheSet && rng.Intn(2) == 0 {
+				c.ExpiresAt = now + int64(rng.Intn(100))
+			}
+			if rng.Intn(3) == 0 {
+				c.CAS = u64(uint64(rng.Intn(i + 1)))
+			}
+		case TypeCacheExpire:
+			c.Limit = rng.Intn(3)
+		}
+		cmds[i] = c
+	}
+	return cmds
+}
+
+func TestApplyBatchEquivalence(t *testing.T) {
+	cmds := randomCommands(1, 2000)
+	one, batch := newTestFSM(t), New()
+	var logs []*raft.Log
+	var want []interface{}
+	for i, c := range cmds {
+		l := one.log(c)
+		logs = append(logs, l)
+		want = append(want, one.Apply(l))
+		if i%7 == 0 { // interleave configuration entries, as raft does
+			one.idx++
+			cfg := &raft.Log{Index: one.idx, Type: raft.LogConfiguration}
+			logs = append(logs, cfg)
+			want = append(want, one.Apply(cfg))
+		}
+	}
+	var got []interface{}
+	for len(logs) > 0 {
+		n := min(len(logs), 1+len(got)%64)
+		got = append(got, batch.ApplyBatch(logs[:n])...)
+		logs = logs[n:]
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatal("ApplyBatch results differ from Apply results")
+	}
+	h1, _ := one.Hash()
+	h2, _ := batch.Hash()
+	if h1 != h2 {
+		t.Fatalf("hash %s != %s", h1, h2)
+	}
+	if one.LastIndex() != batch.LastIndex() {
+		t.Fatalf("LastIndex %d != %d", one.LastIndex(), batch.LastIndex())
+	}
+}
+
+func TestSameLogSameHash(t *testing.T) {
+	a, b := newTestFSM(t), newTestFSM(t)
+	for _, c := range randomCommands(2, 3000) {
+		ra, rb := a.apply(c), b.apply(c)
+		if *ra != *rb {
+			t.Fatalf("results differ: %+v vs %+v", ra, rb)
+		}
+	}
+	ha, err := a.Hash()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hb, _ := b.Hash(); ha != hb || len(ha) != 64 {
+		t.Fatalf("hash %q != %q", ha, hb)
+	}
+}
+
+func TestReadsReturnCopies(t *testing.T) {
+	f := newTestFSM(t)
+	f.apply(&Command{Type: TypeCatalogPut, Tools: []Tool{{Name: "t", Spec: []byte(`{"a":1}`), Nodes: []string{"n1"}}}})
+	f.apply(&Command{Type: TypeAssign, Assignment: &Assignment{Tool: "t", Holders: []string{"n1"}}})
+	f.apply(&Command{Type: TypeCacheSet, Key: "k", Value: []byte("abc")})
+
+	tl, _ := f.Tool("t")
+	tl.Nodes[0], tl.Spec[0] = "x", 'x'
+	f.Tools()[0].Nodes[0] = "x"
+	a, _ := f.Assignment("t")
+	a.Holders[0] = "x"
+	f.Assignments()[0].Holders[0] = "x"
+	e, _ := f.CacheGet("k", 0)
+	e.Value[0] = 'x'
+	f.CacheList("", "", 1, 0)[0].Value[0] = 'x'
+
+	if tl, _ := f.Tool("t"); tl.Nodes[0] != "n1" || string(tl.Spec) != `{"a":1}` {
+		t.Errorf("tool mutated: %+v", tl)
+	}
+	if a, _ := f.Assignment("t"); a.Holders[0] != "n1" {
+		t.Errorf("assignment mutated: %+v", a)
+	}
+	if e, _ := f.CacheGet("k", 0); string(e.Value) != "abc" {
+		t.Errorf("cache mutated: %q", e.Value)
+	}
+}
+
+func TestCacheList(t *testing.T) {
+	f := newTestFSM(t)
+	for i := 0; i < 250; i++ {
+		exp := int64(0)
+		if i%10 == 0 {
+			exp = 5
+		}
+		f.apply(&Command{Type: TypeCacheSet, Key: fmt.Sprintf("p/%03d", i), Value: []byte{byte(i)}, ExpiresAt: exp})
+	}
+	f.apply(&Command{Type: TypeCacheSet, Key: "q/1", Value: []byte("q")})
+
+	keys := func(es []CacheEntry) (ks []string) {
+		for _, e := range es {
+			ks = append(ks, e.Key)
+		}
+		return ks
+	}
+	if got := f.CacheList("p/", "", 0, 10); len(got) != 100 || got[0].Key != "p/001" {
+		t.Errorf("default limit: %d entries, first %v", len(got), keys(got[:1]))
+	}
+	if got := keys(f.CacheList("p/", "p/008", 3, 10)); !reflect.DeepEqual(got, []string{"p/009", "p/011", "p/012"}) {
+		t.Errorf("after/limit/expiry: %v", got)
+	}
+	if got := keys(f.CacheList("p/", "p/008", 3, 4)); !reflect.DeepEqual(got, []string{"p/009", "p/010", "p/011"}) {
+		t.Errorf("before expiry: %v", got)
+	}
+	if got := keys(f.CacheList("", "p/249", 10, 10)); !reflect.DeepEqual(got, []string{"q/1"}) {
+		t.Errorf("after last p: %v", got)
+	}
+	if got := f.CacheList("zzz", "", 10, 0); len(got) != 0 {
+		t.Errorf("no match: %v", keys(got))
+	}
+}
+
+func TestSubscribe(t *testing.T) {
+	f := newTestFSM(t)
+	ch, cancel := f.Subscribe()
+	pending := func() bool {
+		select {
+		case <-ch:
+			return true
+		default:
+			return false
+		}
+	}
+	f.apply(&Command{Type: TypeCacheSet, Key: "k"})
+	f.apply(&Command{Type: TypeNodeRegister, Node: &Node{ID: "n1"}})
+	f.apply(&Command{Type: TypeNodeDeregister, NodeID: "n1"})
+	if pending() {
+		t.Error("notified for a change outside catalog/assignments")
+	}
+	f.apply(&Command{Type: TypeCatalogPut, Tools: []Tool{{Name: "a", Nodes: []string{"n1"}}}})
+	f.apply(&Command{Type: TypeAssign, Assignment: &Assignment{Tool: "a"}})
+	if !pending() || pending() {
+		t.Error("want exactly one coalesced notification")
+	}
+	f.apply(&Command{Type: TypeNodeDeregister, NodeID: "n1"})
+	if !pending() {
+		t.Error("no notification after deregister touched a tool")
+	}
+	f.ApplyBatch([]*raft.Log{f.log(&Command{Type: TypeCatalogDelete, Names: []string{"a"}})})
+	if !pending() {
+		t.Error("no notification after ApplyBatch")
+	}
+	cancel()
+	cancel()
+	f.apply(&Command{Type: TypeCatalogPut, Tools: []Tool{{Name: "b"}}})
+	if pending() {
+		t.Error("notified after cancel")
+	}
+}

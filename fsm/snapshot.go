@@ -1,0 +1,292 @@
+package fsm
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+
+	"github.com/hashicorp/raft"
+)
+
+// Snapshot format: newline-delimited JSON records. A header record, then the
+// sections nodes, tools, assignments, sessions, cache (each sorted by key),
+// then the dedupe table in FIFO order, then an end record carrying the
+// number of data records so truncation is detected.
+const snapshotFormat = 1
+
+const (
+	kindHeader     = "header"
+	kindNode       = "node"
+	kindTool       = "tool"
+	kindAssignment = "assignment"
+	kindSession    = "session"
+	kindCache      = "cache"
+	kindDedupe     = "dedupe"
+	kindEnd        = "end"
+)
+
+// record is one line of the snapshot stream.
+type record struct {
+	Kind       string      `json:"kind"`
+	Format     int         `json:"format,omitempty"` // header
+	Index      uint64      `json:"index,omitempty"`  // header: last applied index
+	Count      int         `json:"count,omitempty"`  // end: number of data records
+	Node       *Node       `json:"node,omitempty"`
+	Tool       *Tool       `json:"tool,omitempty"`
+	Assignment *Assignment `json:"assignment,omitempty"`
+	Session    *Session    `json:"session,omitempty"`
+	Cache      *CacheEntry `json:"cache,omitempty"`
+	Dedupe     *dedupeRec  `json:"dedupe,omitempty"`
+}
+
+type dedupeRec struct {
+	ID     string `json:"id"`
+	Result Result `json:"result"`
+}
+
+func (r *record) payloads() int {
+	n := 0
+	for _, set := range []bool{r.Node != nil, r.Tool != nil, r.Assignment != nil,
+		r.Session != nil, r.Cache != nil, r.Dedupe != nil} {
+		if set {
+			n++
+		}
+	}
+	return n
+}
+
+// clone returns a shallow copy of s that shares no mutable structure with it.
+func (s *state) clone() *state {
+	c := *s
+	c.nodes = maps.Clone(s.nodes)
+	c.tools = maps.Clone(s.tools)
+	c.assigns = maps.Clone(s.assigns)
+	c.sessions = maps.Clone(s.sessions)
+	c.cache = maps.Clone(s.cache)
+	c.dedupe = maps.Clone(s.dedupe)
+	c.order = slices.Clone(s.order)
+	return &c
+}
+
+// snapshot is a point-in-time copy of the state, encoded by Persist.
+type snapshot struct{ st *state }
+
+// Snapshot copies the state shallowly under the lock and returns at once;
+// the encoding happens in Persist.
+func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return &snapshot{st: f.st.clone()}, nil
+}
+
+// Persist streams the snapshot to sink and closes it, or cancels it on error.
+func (s *snapshot) Persist(sink raft.SnapshotSink) error {
+	w := bufio.NewWriterSize(sink, 64<<10)
+	err := s.st.encode(w)
+	if err == nil {
+		err = w.Flush()
+	}
+	if err != nil {
+		_ = sink.Cancel()
+		return fmt.Errorf("persist snapshot: %w", err)
+	}
+	if err := sink.Close(); err != nil {
+		return fmt.Errorf("close snapshot sink: %w", err)
+	}
+	return nil
+}
+
+// Release is a no-op: the snapshot holds only immutable copies.
+func (s *snapshot) Release() {}
+
+// Hash returns the hex sha256 of the snapshot encoding of the current state.
+func (f *FSM) Hash() (string, error) {
+	f.mu.RLock()
+	st := f.st.clone()
+	f.mu.RUnlock()
+	h := sha256.New()
+	w := bufio.NewWriterSize(h, 64<<10)
+	if err := st.encode(w); err != nil {
+		return "", fmt.Errorf("hash state: %w", err)
+	}
+	if err := w.Flush(); err != nil {
+		return "", fmt.Errorf("hash state: %w", err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// encode writes the snapshot encoding of s to w.
+func (s *state) encode(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	err := enc.Encode(&record{Kind: kindHeader, Format: snapshotFormat, Index: s.index})
+	n := 0 // data records written
+	put := func(r *record) {
+		if err == nil {
+			n++
+			err = enc.Encode(r)
+		}
+	}
+	eachSorted(s.nodes, func(v *Node) { put(&record{Kind: kindNode, Node: v}) })
+	eachSorted(s.tools, func(v *Tool) { put(&record{Kind: kindTool, Tool: v}) })
+	eachSorted(s.assigns, func(v *Assignment) { put(&record{Kind: kindAssignment, Assignment: v}) })
+	eachSorted(s.sessions, func(v *Session) { put(&record{Kind: kindSession, Session: v}) })
+	eachSorted(s.cache, func(v *CacheEntry) { put(&record{Kind: kindCache, Cache: v}) })
+	for _, id := range s.order {
+		put(&record{Kind: kindDedupe, Dedupe: &dedupeRec{ID: id, Result: s.dedupe[id]}})
+	}
+	if err != nil {
+		return err
+	}
+	return enc.Encode(&record{Kind: kindEnd, Count: n})
+}
+
+// eachSorted calls fn for each value of m in key order.
+func eachSorted[V any](m map[string]V, fn func(*V)) {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		v := m[k]
+		fn(&v)
+	}
+}
+
+// Restore replaces the state with the snapshot read from rc, which it
+// closes. The stream is fully decoded and validated before the swap, so on
+// error the current state is left untouched.
+func (f *FSM) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	st, err := decodeState(bufio.NewReaderSize(rc, 64<<10))
+	if err != nil {
+		return fmt.Errorf("restore snapshot: %w", err)
+	}
+	f.mu.Lock()
+	f.st = st
+	f.mu.Unlock()
+	f.notify()
+	return nil
+}
+
+func decodeState(r io.Reader) (*state, error) {
+	dec := json.NewDecoder(r)
+	dec.DisallowUnknownFields()
+	var h record
+	if err := dec.Decode(&h); err != nil {
+		return nil, fmt.Errorf("read header: %w", err)
+	}
+	if h.Kind != kindHeader {
+		return nil, fmt.Errorf("first record is %q, want %q", h.Kind, kindHeader)
+	}
+	if h.Format != snapshotFormat {
+		return nil, fmt.Errorf("unsupported snapshot format %d", h.Format)
+	}
+	st := newState()
+	st.index = h.Index
+	for n := 0; ; n++ {
+		var r record
+		if err := dec.Decode(&r); err != nil {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, fmt.Errorf("read record %d: %w", n, err)
+		}
+		if r.Kind == kindEnd {
+			if r.Count != n || r.payloads() != 0 {
+				return nil, fmt.Errorf("end record counts %d records, read %d", r.Count, n)
+			}
+			break
+		}
+		if err := st.restore(&r); err != nil {
+			return nil, fmt.Errorf("record %d (%s): %w", n, r.Kind, err)
+		}
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return nil, errors.New("trailing data after end record")
+	}
+	return st, nil
+}
+
+// restore adds one data record to s, validating it.
+func (s *state) restore(r *record) error {
+	if r.payloads() != 1 {
+		return errors.New("record must carry exactly one payload")
+	}
+	dup := func(ok bool, key string) error {
+		if ok {
+			return fmt.Errorf("duplicate key %q", key)
+		}
+		return nil
+	}
+	switch r.Kind {
+	case kindNode:
+		if r.Node == nil || r.Node.ID == "" {
+			return errors.New("missing node id")
+		}
+		_, ok := s.nodes[r.Node.ID]
+		s.nodes[r.Node.ID] = *r.Node
+		return dup(ok, r.Node.ID)
+	case kindTool:
+		if r.Tool == nil {
+			return errors.New("missing tool")
+		}
+		if err := r.Tool.validate(); err != nil {
+			return err
+		}
+		r.Tool.normalize()
+		_, ok := s.tools[r.Tool.Name]
+		s.tools[r.Tool.Name] = *r.Tool
+		return dup(ok, r.Tool.Name)
+	case kindAssignment:
+		if r.Assignment == nil || r.Assignment.Tool == "" {
+			return errors.New("missing assignment tool")
+		}
+		r.Assignment.Holders = nilIfEmpty(r.Assignment.Holders)
+		_, ok := s.assigns[r.Assignment.Tool]
+		s.assigns[r.Assignment.Tool] = *r.Assignment
+		return dup(ok, r.Assignment.Tool)
+	case kindSession:
+		if r.Session == nil || r.Session.ID == "" {
+			return errors.New("missing session id")
+		}
+		_, ok := s.sessions[r.Session.ID]
+		s.sessions[r.Session.ID] = *r.Session
+		return dup(ok, r.Session.ID)
+	case kindCache:
+		e := r.Cache
+		if e == nil || e.Key == "" || e.Version == 0 || e.ExpiresAt < 0 {
+			return errors.New("invalid cache entry")
+		}
+		e.Value = nilIfEmpty(e.Value)
+		_, ok := s.cache[e.Key]
+		if err := dup(ok, e.Key); err != nil {
+			return err
+		}
+		s.cache[e.Key] = *e
+		s.cacheBytes += e.size()
+		return nil
+	case kindDedupe:
+		d := r.Dedupe
+		if d == nil || d.ID == "" || d.Result.Duplicate {
+			return errors.New("invalid dedupe record")
+		}
+		if len(s.order) >= dedupeSize {
+			return fmt.Errorf("more than %d dedupe records", dedupeSize)
+		}
+		_, ok := s.dedupe[d.ID]
+		if err := dup(ok, d.ID); err != nil {
+			return err
+		}
+		s.remember(d.ID, d.Result)
+		return nil
+	default:
+		return fmt.Errorf("unknown record kind %q", r.Kind)
+	}
+}
