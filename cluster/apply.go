@@ -167,7 +167,7 @@ type ReadInfo struct {
 func (n *Node) ReadBarrier(ctx context.Context, level Consistency) (ReadInfo, error) {
 	info := ReadInfo{Level: level, Node: n.id}
 	if level == Stale {
-		info.Index = n.raft.AppliedIndex()
+		info.Index = n.fsm.LastIndex()
 		return info, nil
 	}
 	if level != Default && level != Linearizable {
@@ -213,13 +213,18 @@ func (n *Node) ReadBarrier(ctx context.Context, level Consistency) (ReadInfo, er
 		if err := n.waitApplied(ctx, idx); err != nil {
 			return info, fmt.Errorf("%s read: %w", level, err)
 		}
-		info.Index = n.raft.AppliedIndex()
+		info.Index = n.fsm.LastIndex()
 		return info, nil
 	}
 }
 
 // leaderReadIndex returns the index a read must wait for, per the
-// read-index protocol: the commit index noted before confirming leadership.
+// read-index protocol, noted before confirming leadership. It is the index
+// of the last command the leader's FSM applied: every acknowledged write was
+// applied there before its acknowledgement (after the leader's barrier, that
+// includes earlier terms), and a follower's FSM reaches that exact index.
+// raft's own AppliedIndex will not do: it moves when entries are handed to
+// the FSM goroutine, before they are applied.
 func (n *Node) leaderReadIndex(linearizable bool) (uint64, error) {
 	if n.raft.State() != raft.Leader {
 		return 0, errRetry
@@ -228,7 +233,7 @@ func (n *Node) leaderReadIndex(linearizable bool) (uint64, error) {
 		// No entry of this term committed yet: the commit index may be behind.
 		return 0, fmt.Errorf("%w: leader has not committed in its term yet", errRetry)
 	}
-	idx := n.raft.CommitIndex()
+	idx := n.fsm.LastIndex()
 	if linearizable {
 		if err := n.raft.VerifyLeader().Error(); err != nil {
 			return 0, fmt.Errorf("%w: verify leader: %v", errRetry, err)
@@ -237,9 +242,9 @@ func (n *Node) leaderReadIndex(linearizable bool) (uint64, error) {
 	return idx, nil
 }
 
-// waitApplied polls until the local FSM has applied idx.
+// waitApplied polls until the local FSM has applied the command at idx.
 func (n *Node) waitApplied(ctx context.Context, idx uint64) error {
-	if n.raft.AppliedIndex() >= idx {
+	if n.fsm.LastIndex() >= idx {
 		return nil
 	}
 	t := time.NewTicker(time.Millisecond)
@@ -247,11 +252,11 @@ func (n *Node) waitApplied(ctx context.Context, idx uint64) error {
 	for {
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("wait for index %d (applied %d): %w", idx, n.raft.AppliedIndex(), ctx.Err())
+			return fmt.Errorf("wait for index %d (applied %d): %w", idx, n.fsm.LastIndex(), ctx.Err())
 		case <-n.shutdownCh:
 			return ErrShutdown
 		case <-t.C:
-			if n.raft.AppliedIndex() >= idx {
+			if n.fsm.LastIndex() >= idx {
 				return nil
 			}
 		}

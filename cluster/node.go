@@ -57,11 +57,11 @@ type Node struct {
 
 // New starts a node: it opens storage, starts raft and gossip, and begins
 // joining and (when configured) bootstrapping in the background.
-func New(cfg Config) (n *Node, err error) {
+func New(cfg Config) (_ *Node, err error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	n = &Node{
+	n := &Node{
 		cfg:         cfg,
 		fsm:         fsm.New(),
 		notifyCh:    make(chan bool, 16),

@@ -27,24 +27,72 @@ func (d *delegate) NodeMeta(limit int) []byte {
 	return bytes.Clone(d.m.metaWire)
 }
 
-func (d *delegate) NotifyMsg([]byte)                           {}
-func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
-func (d *delegate) LocalState(join bool) []byte                { return nil }
-func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
+// msgLeaveIntent tags a user message announcing that the node named in the
+// rest of the message is leaving.
+const msgLeaveIntent byte = 1
 
-func (d *delegate) NotifyJoin(n *memberlist.Node)   { d.m.observe(n, StateAlive, EventJoin) }
-func (d *delegate) NotifyUpdate(n *memberlist.Node) { d.m.observe(n, StateAlive, EventUpdate) }
+func leaveIntent(id string) []byte { return append([]byte{msgLeaveIntent}, id...) }
 
-func (d *delegate) NotifyLeave(n *memberlist.Node) {
-	if n.State == memberlist.StateLeft {
-		d.m.observe(n, StateLeft, EventLeave)
-	} else {
-		d.m.observe(n, StateFailed, EventFail)
+// leaveBroadcast is a leave intent in the broadcast queue.
+type leaveBroadcast struct {
+	msg  []byte
+	sent chan struct{} // closed when transmitted enough times; may be nil
+}
+
+func (b *leaveBroadcast) Invalidates(o memberlist.Broadcast) bool {
+	ob, ok := o.(*leaveBroadcast)
+	return ok && bytes.Equal(ob.msg, b.msg)
+}
+
+func (b *leaveBroadcast) Message() []byte { return b.msg }
+
+func (b *leaveBroadcast) Finished() {
+	if b.sent != nil {
+		close(b.sent)
 	}
 }
 
+// NotifyMsg handles a leave intent: the member is marked leaving (or, if it
+// was already seen failing, left) and the intent is passed on once.
+func (d *delegate) NotifyMsg(b []byte) {
+	m := d.m
+	if len(b) < 2 || b[0] != msgLeaveIntent {
+		m.logger.Debug("ignoring unknown gossip message", "len", len(b))
+		return
+	}
+	id := string(b[1:])
+	m.mu.Lock()
+	mem, ok := m.members[id]
+	news := ok && id != m.cfg.NodeID && !mem.leaving && mem.State != StateLeft
+	if news {
+		mem.leaving = true
+		if mem.State == StateFailed {
+			m.setState(&mem.Member, StateLeft, EventLeave, time.Now())
+		}
+	}
+	m.mu.Unlock()
+	if news {
+		m.bcast.QueueBroadcast(&leaveBroadcast{msg: leaveIntent(id)})
+	}
+}
+
+func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
+	return d.m.bcast.GetBroadcasts(overhead, limit)
+}
+
+func (d *delegate) LocalState(join bool) []byte            { return nil }
+func (d *delegate) MergeRemoteState(buf []byte, join bool) {}
+
+func (d *delegate) NotifyJoin(n *memberlist.Node)   { d.m.observe(n, EventJoin) }
+func (d *delegate) NotifyUpdate(n *memberlist.Node) { d.m.observe(n, EventUpdate) }
+
+// NotifyLeave can't trust n.State (always alive in memberlist v0.6.0, see
+// hashicorp/memberlist#293); observe uses the leave intent instead.
+func (d *delegate) NotifyLeave(n *memberlist.Node) { d.m.observe(n, EventFail) }
+
 // observe records what memberlist reported about node n and emits an event.
-func (m *Membership) observe(n *memberlist.Node, state State, typ EventType) {
+// A node that announced its leave (or self after Leave) leaves, not fails.
+func (m *Membership) observe(n *memberlist.Node, typ EventType) {
 	meta := Meta{ID: n.Name}
 	if len(n.Meta) > 0 {
 		if err := json.Unmarshal(n.Meta, &meta); err != nil {
@@ -58,16 +106,22 @@ func (m *Membership) observe(n *memberlist.Node, state State, typ EventType) {
 	defer m.mu.Unlock()
 	mem, ok := m.members[n.Name]
 	if !ok {
-		mem = &Member{State: state, Since: now}
+		mem = &member{Member: Member{State: StateAlive, Since: now}}
 		m.members[n.Name] = mem
 	}
 	mem.Meta = meta
 	mem.GossipAddr = net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))
-	if typ == EventUpdate && mem.State == StateSuspect {
-		state = StateSuspect // an update doesn't clear suspicion; refresh does
+	state := StateAlive
+	switch {
+	case typ == EventJoin:
+		mem.leaving = false
+	case typ == EventFail && (mem.leaving || n.Name == m.cfg.NodeID && m.left.Load()):
+		typ, state = EventLeave, StateLeft
+	case typ == EventFail:
+		state = StateFailed
 	}
-	m.setState(mem, state, typ, now)
-	m.logger.Debug("member "+typ.String(), "member", n.Name, "addr", mem.GossipAddr, "state", mem.State)
+	m.setState(&mem.Member, state, typ, now)
+	m.logger.Debug("member "+typ.String(), "member", n.Name, "addr", mem.GossipAddr)
 }
 
 // setState changes mem's state (keeping Since if unchanged) and emits an

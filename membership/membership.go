@@ -44,12 +44,19 @@ type Membership struct {
 	mu       sync.Mutex // guards everything below
 	meta     Meta
 	metaWire []byte
-	members  map[string]*Member
+	members  map[string]*member
 	events   chan Event
 	closed   bool
 
+	bcast  *memberlist.TransmitLimitedQueue // leave intents
 	stopCh chan struct{}
 	wg     sync.WaitGroup
+}
+
+// member is a tracked member plus whether it announced that it is leaving.
+type member struct {
+	Member
+	leaving bool
 }
 
 // New validates cfg, creates the memberlist (binding the gossip ports) and
@@ -114,10 +121,11 @@ func New(cfg Config) (*Membership, error) {
 		seeds:    slices.Clone(cfg.Join),
 		meta:     cfg.Meta,
 		metaWire: wire,
-		members:  make(map[string]*Member),
+		members:  make(map[string]*member),
 		events:   make(chan Event, cfg.EventBuffer),
 		stopCh:   make(chan struct{}),
 	}
+	m.bcast = &memberlist.TransmitLimitedQueue{NumNodes: m.numAlive, RetransmitMult: mc.RetransmitMult}
 	logw := &logWriter{logger: cfg.Logger.With("component", "memberlist")}
 	nt, err := newTransport(bindHost, bindPort, log.New(logw, "", 0))
 	if err != nil {
@@ -210,7 +218,7 @@ func (m *Membership) Members() []Member {
 	m.mu.Lock()
 	out := make([]Member, 0, len(m.members))
 	for _, mem := range m.members {
-		out = append(out, *mem)
+		out = append(out, mem.Member)
 	}
 	m.mu.Unlock()
 	slices.SortFunc(out, func(a, b Member) int { return strings.Compare(a.ID, b.ID) })
@@ -222,7 +230,7 @@ func (m *Membership) Member(id string) (Member, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if mem, ok := m.members[id]; ok {
-		return *mem, true
+		return mem.Member, true
 	}
 	return Member{}, false
 }
@@ -269,17 +277,41 @@ func (m *Membership) UpdateMeta(fn func(*Meta)) error {
 // least once. It is false after Leave.
 func (m *Membership) Joined() bool { return m.joined.Load() && !m.left.Load() }
 
-// Leave broadcasts that this node is leaving, waiting up to timeout, and
-// stops (re-)joining seeds. The node keeps answering gossip until Shutdown.
-// Leave is idempotent.
+// Leave announces that this node is leaving and broadcasts memberlist's
+// leave, waiting up to timeout in total (0 waits without limit), and stops
+// (re-)joining seeds. The node keeps answering gossip until Shutdown. Leave
+// is idempotent.
+//
+// memberlist v0.6.0 does not tell NotifyLeave whether a node left or failed
+// (hashicorp/memberlist#293), so, like serf, the leaving node first gossips
+// a leave intent of its own; members that saw it report StateLeft.
 func (m *Membership) Leave(timeout time.Duration) error {
 	m.lifeMu.Lock()
 	defer m.lifeMu.Unlock()
 	if m.shutdown {
 		return fmt.Errorf("membership: leave: %w", errShutdown)
 	}
-	m.left.Store(true)
-	if err := m.ml.Leave(timeout); err != nil {
+	var deadline <-chan time.Time
+	if timeout > 0 {
+		t := time.NewTimer(timeout)
+		defer t.Stop()
+		deadline = t.C
+	}
+	start := time.Now()
+	var intentErr error
+	if !m.left.Swap(true) && m.numAlive() > 1 {
+		sent := make(chan struct{})
+		m.bcast.QueueBroadcast(&leaveBroadcast{msg: leaveIntent(m.cfg.NodeID), sent: sent})
+		select {
+		case <-sent:
+		case <-deadline:
+			intentErr = errors.New("timeout waiting for leave intent broadcast")
+		}
+	}
+	if timeout > 0 {
+		timeout = max(timeout-time.Since(start), time.Millisecond)
+	}
+	if err := errors.Join(intentErr, m.ml.Leave(timeout)); err != nil {
 		return fmt.Errorf("membership: leave: %w", err)
 	}
 	return nil
@@ -308,8 +340,8 @@ func (m *Membership) Shutdown() error {
 }
 
 // run joins seeds (retry until the first success, then re-join missing
-// seeds periodically), marks suspect members and reaps old dead ones. It
-// exits when stopCh is closed.
+// seeds periodically) and reaps old dead members. It exits when stopCh is
+// closed.
 func (m *Membership) run() {
 	defer m.wg.Done()
 	tick := min(time.Second, m.cfg.RetryJoinInterval, m.cfg.RejoinInterval, m.cfg.ReapInterval)
@@ -330,7 +362,7 @@ func (m *Membership) run() {
 				nextJoin = now.Add(m.cfg.RejoinInterval)
 			}
 		}
-		m.refresh(time.Now())
+		m.reap(time.Now())
 		select {
 		case <-m.stopCh:
 			return
@@ -372,24 +404,26 @@ func normalizeAddr(addr string) string {
 	return addr
 }
 
-// refresh mirrors memberlist's suspect state into alive members and forgets
-// failed or left members older than ReapInterval.
-func (m *Membership) refresh(now time.Time) {
-	suspect := make(map[string]bool)
-	for _, n := range m.ml.Members() {
-		suspect[n.Name] = n.State == memberlist.StateSuspect
+// numAlive counts alive members, self included.
+func (m *Membership) numAlive() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := 0
+	for _, mem := range m.members {
+		if mem.State == StateAlive || mem.State == StateSuspect {
+			n++
+		}
 	}
+	return n
+}
+
+// reap forgets failed or left members older than ReapInterval.
+func (m *Membership) reap(now time.Time) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for id, mem := range m.members {
-		s, known := suspect[id]
-		switch {
-		case mem.State == StateAlive && known && s:
-			m.setState(mem, StateSuspect, EventUpdate, now)
-		case mem.State == StateSuspect && known && !s:
-			m.setState(mem, StateAlive, EventUpdate, now)
-		case (mem.State == StateFailed || mem.State == StateLeft) &&
-			id != m.cfg.NodeID && now.Sub(mem.Since) >= m.cfg.ReapInterval:
+		if (mem.State == StateFailed || mem.State == StateLeft) &&
+			id != m.cfg.NodeID && now.Sub(mem.Since) >= m.cfg.ReapInterval {
 			delete(m.members, id)
 			m.logger.Debug("reaped member", "member", id, "state", mem.State)
 		}

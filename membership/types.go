@@ -26,7 +26,9 @@ const (
 // State is a member's liveness as seen by gossip.
 type State string
 
-// Member liveness states.
+// Member liveness states. memberlist v0.6.0 does not expose suspicion to
+// its delegates, so members currently go from alive straight to failed;
+// StateSuspect is reserved.
 const (
 	StateAlive   State = "alive"
 	StateSuspect State = "suspect"

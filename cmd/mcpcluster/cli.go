@@ -29,7 +29,6 @@ func parseClientFlags(name string, args []string, stderr io.Writer) (clientFlags
 		def = "127.0.0.1:8700"
 	}
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	fs.StringVar(&c.addr, "http-addr", def, "HTTP address of a node (env MCPCLUSTER_HTTP_ADDR)")
 	fs.BoolVar(&c.json, "json", false, "print the raw JSON answer")
 	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "how long to wait for the node")

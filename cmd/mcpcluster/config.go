@@ -166,7 +166,8 @@ func parseAgentConfig(args []string, getenv func(string) string, stderr io.Write
 			fs.Func(name, o.usage, record)
 		}
 	}
-	fs.Usage = func() {
+	fs.Usage = func() {} // errors are reported in one line by the caller
+	printUsage := func() {
 		fmt.Fprintf(stderr, "Usage: mcpcluster agent [flags]\n\nEvery flag can also be set as MCPCLUSTER_<NAME> (e.g. MCPCLUSTER_DATA_DIR) or in the YAML file given by --config.\n\n")
 		fs.SetOutput(stderr)
 		fs.PrintDefaults()
@@ -174,7 +175,7 @@ func parseAgentConfig(args []string, getenv func(string) string, stderr io.Write
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fs.Usage()
+			printUsage()
 			return AgentConfig{}, err
 		}
 		return AgentConfig{}, usageError{err}

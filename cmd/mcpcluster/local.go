@@ -20,13 +20,15 @@ import (
 // loopback, prints their endpoints, and stops them all on Ctrl-C.
 func runLocal(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("local", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard)
 	nodes := fs.Int("nodes", 3, "number of nodes")
 	dataDir := fs.String("data-dir", "data/local", "parent directory of the nodes' data dirs (kept between runs)")
 	basePort := fs.Int("base-port", 8700, "node i listens on base+10*i (HTTP), +1 (RPC), +2 (gossip)")
 	logLevel := fs.String("log-level", "warn", "log level of the nodes")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stderr)
+			fs.PrintDefaults()
 			return err
 		}
 		return usageError{err}
