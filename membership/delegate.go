@@ -55,24 +55,12 @@ func (b *leaveBroadcast) Finished() {
 // NotifyMsg handles a leave intent: the member is marked leaving (or, if it
 // was already seen failing, left) and the intent is passed on once.
 func (d *delegate) NotifyMsg(b []byte) {
-	m := d.m
 	if len(b) < 2 || b[0] != msgLeaveIntent {
-		m.logger.Debug("ignoring unknown gossip message", "len", len(b))
+		d.m.logger.Debug("ignoring unknown gossip message", "len", len(b))
 		return
 	}
-	id := string(b[1:])
-	m.mu.Lock()
-	mem, ok := m.members[id]
-	news := ok && id != m.cfg.NodeID && !mem.leaving && mem.State != StateLeft
-	if news {
-		mem.leaving = true
-		if mem.State == StateFailed {
-			m.setState(&mem.Member, StateLeft, EventLeave, time.Now())
-		}
-	}
-	m.mu.Unlock()
-	if news {
-		m.bcast.QueueBroadcast(&leaveBroadcast{msg: leaveIntent(id)})
+	if id := string(b[1:]); d.m.markLeaving(id, true) {
+		d.m.bcast.QueueBroadcast(&leaveBroadcast{msg: leaveIntent(id)})
 	}
 }
 
@@ -80,8 +68,51 @@ func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
 	return d.m.bcast.GetBroadcasts(overhead, limit)
 }
 
-func (d *delegate) LocalState(join bool) []byte            { return nil }
-func (d *delegate) MergeRemoteState(buf []byte, join bool) {}
+// LocalState shares the ids of left members in push/pull syncs, so a node
+// that missed a leave intent still reports StateLeft rather than failed.
+func (d *delegate) LocalState(join bool) []byte {
+	var left []string
+	for _, mem := range d.m.Members() {
+		if mem.State == StateLeft {
+			left = append(left, mem.ID)
+		}
+	}
+	b, _ := json.Marshal(left) // a []string always encodes
+	return b
+}
+
+// MergeRemoteState turns members we saw fail into left ones if the peer knows
+// they left. It never marks an alive member: the peer's view may be stale.
+func (d *delegate) MergeRemoteState(buf []byte, join bool) {
+	var left []string
+	if err := json.Unmarshal(buf, &left); err != nil {
+		d.m.logger.Debug("ignoring undecodable remote state", "error", err)
+		return
+	}
+	for _, id := range left {
+		d.m.markLeaving(id, false)
+	}
+}
+
+// markLeaving records that member id announced its leave and reports whether
+// that was news. A failed member becomes left; an alive one is only marked
+// (it will leave, not fail) when alive is true.
+func (m *Membership) markLeaving(id string, alive bool) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	mem, ok := m.members[id]
+	if !ok || id == m.cfg.NodeID || mem.leaving || mem.State == StateLeft {
+		return false
+	}
+	switch {
+	case mem.State == StateFailed:
+		m.setState(&mem.Member, StateLeft, EventLeave, time.Now())
+	case !alive:
+		return false
+	}
+	mem.leaving = true
+	return true
+}
 
 func (d *delegate) NotifyJoin(n *memberlist.Node)   { d.m.observe(n, EventJoin) }
 func (d *delegate) NotifyUpdate(n *memberlist.Node) { d.m.observe(n, EventUpdate) }

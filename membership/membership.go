@@ -1,6 +1,7 @@
 package membership
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log"
@@ -70,21 +71,12 @@ func New(cfg Config) (*Membership, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	if cfg.BindAddr == "" {
-		cfg.BindAddr = def.BindAddr
-	}
-	if cfg.RetryJoinInterval <= 0 {
-		cfg.RetryJoinInterval = def.RetryJoinInterval
-	}
-	if cfg.RejoinInterval <= 0 {
-		cfg.RejoinInterval = def.RejoinInterval
-	}
-	if cfg.ReapInterval <= 0 {
-		cfg.ReapInterval = def.ReapInterval
-	}
-	if cfg.EventBuffer <= 0 {
-		cfg.EventBuffer = def.EventBuffer
-	}
+	// Zero or negative values take the defaults.
+	cfg.BindAddr = cmp.Or(cfg.BindAddr, def.BindAddr)
+	cfg.RetryJoinInterval = cmp.Or(max(cfg.RetryJoinInterval, 0), def.RetryJoinInterval)
+	cfg.RejoinInterval = cmp.Or(max(cfg.RejoinInterval, 0), def.RejoinInterval)
+	cfg.ReapInterval = cmp.Or(max(cfg.ReapInterval, 0), def.ReapInterval)
+	cfg.EventBuffer = cmp.Or(max(cfg.EventBuffer, 0), def.EventBuffer)
 	var mc *memberlist.Config
 	switch cfg.Profile {
 	case "", "lan":

@@ -213,6 +213,16 @@ func TestShutdownIsFailure(t *testing.T) {
 	}
 	waitState(t, nodes[:2], nodes[2:], StateFailed)
 	waitEvent(t, nodes[1], EventFail, "n2", StateFailed)
+
+	// A peer's push/pull state saying n2 left turns failed into left, but
+	// never marks an alive member.
+	d := &delegate{m: nodes[1]}
+	d.MergeRemoteState([]byte("garbage"), false)
+	d.MergeRemoteState([]byte(`["n0","n2","unknown"]`), false)
+	waitEvent(t, nodes[1], EventLeave, "n2", StateLeft)
+	if mem, _ := nodes[1].Member("n0"); mem.State != StateAlive {
+		t.Errorf("n0 is %s", mem.State)
+	}
 }
 
 func freeAddr(t *testing.T) string {
@@ -331,10 +341,11 @@ func TestGarbageOnGossipPort(t *testing.T) {
 	waitState(t, all, all, StateAlive)
 }
 
-func TestSecretKey(t *testing.T) {
+func TestSecretKeyAndTinyEventBuffer(t *testing.T) {
 	t.Parallel()
 	key := bytes.Repeat([]byte{7}, 32)
-	newCluster(t, 2, func(c *Config) { c.SecretKey = key })
+	// EventBuffer 1 also proves a full event buffer never blocks gossip.
+	newCluster(t, 3, func(c *Config) { c.SecretKey, c.EventBuffer = key, 1 })
 }
 
 func TestConfigValidation(t *testing.T) {

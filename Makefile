@@ -1,0 +1,40 @@
+GO       ?= go
+BIN      := bin/mcpcluster
+FUZZTIME ?= 10s
+
+.PHONY: build run test unit integration fuzz lint bench clean
+
+## build: static binary in bin/mcpcluster
+build:
+	CGO_ENABLED=0 $(GO) build -o $(BIN) ./cmd/mcpcluster
+
+## run: a local 3-node cluster on loopback (ports 8700-8722); Ctrl-C stops it
+run: build
+	./$(BIN) local
+
+## test: vet, every test with the race detector (integration tests run real
+## processes of the binary built here), then the decoder fuzz targets
+test: build
+	$(GO) vet ./...
+	MCPCLUSTER_BIN=$(abspath $(BIN)) $(GO) test -race -count=1 -timeout 30m ./...
+	$(MAKE) fuzz
+
+## fuzz: run each fuzz target for FUZZTIME
+fuzz:
+	$(GO) test -run='^$$' -fuzz='^FuzzDecode$$' -fuzztime=$(FUZZTIME) ./fsm/
+	$(GO) test -run='^$$' -fuzz='^FuzzRestore$$' -fuzztime=$(FUZZTIME) ./fsm/
+
+## lint: formatting and vet
+lint:
+	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+## bench: write throughput at 1/16/64 writers, leader failover and gossip
+## failure detection on a 3-node loopback cluster, plus FSM benchmarks
+bench: build
+	MCPCLUSTER_BIN=$(abspath $(BIN)) $(GO) test -run='^$$' -bench=ClusterWrite -benchtime=5000x -timeout 30m ./integration/
+	MCPCLUSTER_BIN=$(abspath $(BIN)) $(GO) test -run='^$$' -bench='LeaderFailover|GossipFailureDetection' -benchtime=5x -timeout 30m ./integration/
+	$(GO) test -run='^$$' -bench=. ./fsm/
+
+clean:
+	rm -rf bin data

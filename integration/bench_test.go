@@ -1,0 +1,195 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+var benchClient = &http.Client{
+	Timeout:   30 * time.Second,
+	Transport: &http.Transport{MaxIdleConns: 256, MaxIdleConnsPerHost: 128, IdleConnTimeout: time.Minute},
+}
+
+func benchPut(ctx context.Context, nd *node, key, value string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, "http://"+nd.http+"/v1/cache/"+key, strings.NewReader(value))
+	if err != nil {
+		return err
+	}
+	resp, err := benchClient.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("put: %s", resp.Status)
+	}
+	return nil
+}
+
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(p * float64(len(sorted)-1))
+	return sorted[i]
+}
+
+// BenchmarkClusterWrite measures acknowledged cache sets per second on a
+// 3-node loopback cluster (fsync on), with writers spread over all nodes
+// so two thirds of the writes are forwarded to the leader.
+//
+//	make bench, or: go test -run '^$' -bench ClusterWrite -benchtime 3000x ./integration/
+func BenchmarkClusterWrite(b *testing.B) {
+	c := newCluster(b, 3, "--log-level", "warn")
+	c.waitStable(30*time.Second, c.nodes, c.ids()...)
+	value := strings.Repeat("v", 100)
+	for _, writers := range []int{1, 16, 64} {
+		b.Run(fmt.Sprintf("writers=%d", writers), func(b *testing.B) {
+			ctx := context.Background()
+			var next atomic.Int64
+			lat := make([][]time.Duration, writers)
+			var failed atomic.Int64
+			var wg sync.WaitGroup
+			b.ResetTimer()
+			start := time.Now()
+			for w := range writers {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for {
+						i := next.Add(1) - 1
+						if i >= int64(b.N) {
+							return
+						}
+						t0 := time.Now()
+						if err := benchPut(ctx, c.nodes[int(i)%3], fmt.Sprintf("w%d-%d", writers, i), value); err != nil {
+							failed.Add(1)
+							continue
+						}
+						lat[w] = append(lat[w], time.Since(t0))
+					}
+				}()
+			}
+			wg.Wait()
+			elapsed := time.Since(start)
+			b.StopTimer()
+			all := slices.Concat(lat...)
+			slices.Sort(all)
+			b.ReportMetric(float64(len(all))/elapsed.Seconds(), "sets/s")
+			b.ReportMetric(float64(percentile(all, 0.50).Microseconds()), "p50-µs")
+			b.ReportMetric(float64(percentile(all, 0.99).Microseconds()), "p99-µs")
+			if f := failed.Load(); f > 0 {
+				b.Errorf("%d sets failed", f)
+			}
+		})
+	}
+}
+
+// BenchmarkLeaderFailover measures, per iteration, the time from SIGKILL of
+// the leader to the first acknowledged write through a survivor (default
+// raft timings: 1 s heartbeat and election timeouts).
+//
+//	go test -run '^$' -bench LeaderFailover -benchtime 5x ./integration/
+func BenchmarkLeaderFailover(b *testing.B) {
+	for _, timing := range []struct{ name, timeout string }{{"raft=1s", "1s"}, {"raft=500ms", "500ms"}} {
+		b.Run(timing.name, func(b *testing.B) {
+			c := newCluster(b, 3, "--log-level", "warn", "--raft-heartbeat-timeout", timing.timeout, "--raft-election-timeout", timing.timeout)
+			c.waitStable(30*time.Second, c.nodes, c.ids()...)
+			var total, worst time.Duration
+			b.ResetTimer()
+			for i := range b.N {
+				b.StopTimer()
+				leader := c.waitStable(60*time.Second, c.nodes, c.ids()...)
+				victim := c.node(leader)
+				survivor := c.except(leader)[i%2]
+				b.StartTimer()
+				killedAt := time.Now()
+				victim.kill()
+				for attempt := 0; ; attempt++ {
+					ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+					err := benchPut(ctx, survivor, fmt.Sprintf("failover-%d", i), "x")
+					cancel()
+					if err == nil {
+						break
+					}
+					if time.Since(killedAt) > 60*time.Second {
+						b.Fatalf("no write succeeded within 60s of killing the leader: %v", err)
+					}
+				}
+				took := time.Since(killedAt)
+				b.StopTimer()
+				total += took
+				worst = max(worst, took)
+				victim.start()
+				b.StartTimer()
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(total.Milliseconds())/float64(b.N), "ms/failover")
+			b.ReportMetric(float64(worst.Milliseconds()), "max-ms")
+			b.ReportMetric(0, "ns/op")
+		})
+	}
+}
+
+// BenchmarkGossipFailureDetection measures, per iteration, the time from
+// SIGKILL of a node until every survivor's gossip marks it failed, for the
+// lan (default) and local gossip profiles.
+//
+//	go test -run '^$' -bench GossipFailureDetection -benchtime 5x ./integration/
+func BenchmarkGossipFailureDetection(b *testing.B) {
+	for _, profile := range []string{"lan", "local"} {
+		b.Run("profile="+profile, func(b *testing.B) {
+			c := newCluster(b, 3, "--log-level", "warn", "--gossip-profile", profile, "--dead-server-timeout", "10m")
+			c.waitStable(30*time.Second, c.nodes, c.ids()...)
+			var total, worst time.Duration
+			b.ResetTimer()
+			for i := range b.N {
+				b.StopTimer()
+				victim := c.nodes[i%3]
+				others := c.except(victim.id)
+				c.waitStable(60*time.Second, c.nodes, c.ids()...)
+				b.StartTimer()
+				killedAt := time.Now()
+				victim.kill()
+				for {
+					detected := 0
+					for _, nd := range others {
+						st, err := nd.status()
+						if err != nil {
+							continue
+						}
+						for _, m := range st.Members {
+							if m.ID == victim.id && m.State == "failed" {
+								detected++
+							}
+						}
+					}
+					if detected == len(others) {
+						break
+					}
+					if time.Since(killedAt) > 60*time.Second {
+						b.Fatal("failure not detected within 60s")
+					}
+					time.Sleep(20 * time.Millisecond)
+				}
+				took := time.Since(killedAt)
+				b.StopTimer()
+				total += took
+				worst = max(worst, took)
+				victim.start()
+				b.StartTimer()
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(total.Milliseconds())/float64(b.N), "ms/detection")
+			b.ReportMetric(float64(worst.Milliseconds()), "max-ms")
+			b.ReportMetric(0, "ns/op")
+		})
+	}
+}
