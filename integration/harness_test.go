@@ -103,6 +103,32 @@ func freePort(t testing.TB) int {
 	return 0
 }
 
+// portsFree reports whether base..base+n are free for TCP and UDP, and
+// reserves them for this test process.
+func portsFree(base, n int) bool {
+	portMu.Lock()
+	defer portMu.Unlock()
+	for p := base; p <= base+n; p++ {
+		if usedPort[p] && p != base {
+			return false
+		}
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			return false
+		}
+		ln.Close()
+		udp, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			return false
+		}
+		udp.Close()
+	}
+	for p := base; p <= base+n; p++ {
+		usedPort[p] = true
+	}
+	return true
+}
+
 // node is one mcpcluster agent process.
 type node struct {
 	t       testing.TB
