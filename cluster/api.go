@@ -203,17 +203,23 @@ func (a *API) cacheGet(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write(e.Value)
 }
 
-// casParam parses ?cas=: absent → nil.
-func casParam(r *http.Request) (*uint64, error) {
+// writeTarget validates the key and ?cas= (absent → nil) of a cache write,
+// answering 400 itself when they are bad.
+func (a *API) writeTarget(w http.ResponseWriter, r *http.Request) (string, *uint64, bool) {
+	key, ok := a.key(w, r)
+	if !ok {
+		return "", nil, false
+	}
 	s := r.URL.Query().Get("cas")
 	if s == "" {
-		return nil, nil
+		return key, nil, true
 	}
 	v, err := strconv.ParseUint(s, 10, 64)
 	if err != nil {
-		return nil, fmt.Errorf("cas %q is not a version number", s)
+		writeError(w, http.StatusBadRequest, fmt.Errorf("cas %q is not a version number", s))
+		return "", nil, false
 	}
-	return &v, nil
+	return key, &v, true
 }
 
 // writeResult answers a cache write from its fsm.Result.
@@ -229,13 +235,8 @@ func writeResult(w http.ResponseWriter, res *fsm.Result) {
 }
 
 func (a *API) cacheSet(w http.ResponseWriter, r *http.Request) {
-	key, ok := a.key(w, r)
+	key, cas, ok := a.writeTarget(w, r)
 	if !ok {
-		return
-	}
-	cas, err := casParam(r)
-	if err != nil {
-		writeError(w, http.StatusBadRequest, err)
 		return
 	}
 	now := time.Now()
@@ -268,13 +269,8 @@ func (a *API) cacheSet(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) cacheDelete(w http.ResponseWriter, r *http.Request) {
-	key, ok := a.key(w, r)
+	key, cas, ok := a.writeTarget(w, r)
 	if !ok {
-		return
-	}
-	cas, err := casParam(r)
-	if err != nil {
-		writeError(w, http.StatusBadRequest, err)
 		return
 	}
 	res, err := a.n.Apply(r.Context(), &fsm.Command{Type: fsm.TypeCacheDelete, Key: key, CAS: cas})

@@ -45,26 +45,45 @@ func (n *Node) Apply(ctx context.Context, cmd *fsm.Command) (*fsm.Result, error)
 	if err != nil {
 		return nil, fmt.Errorf("encode command: %w", err)
 	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, n.cfg.ApplyTimeout)
-		defer cancel()
+	var res *fsm.Result
+	err = n.onLeader(ctx, func(timeout time.Duration) (err error) {
+		res, err = n.applyLocal(data, timeout)
+		return err
+	}, func(ctx context.Context, addr string) (bool, error) {
+		var reply ApplyReply
+		if err := n.pool.call(ctx, addr, "Apply", ApplyArgs{Data: data}, &reply); err != nil {
+			return false, err
+		}
+		res = &reply.Result
+		return reply.NotLeader, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("apply %s: %w", cmd.Type, err)
 	}
+	return res, nil
+}
+
+// onLeader runs local when this node leads and remote against the leader
+// otherwise, retrying with backoff while there is no leader, leadership moves
+// (a retryable local error, or remote answering "not leader") or the leader
+// cannot be reached. A remote failure is always retried: callers make that
+// safe (request ids for writes; reads have no effect). It gives up when ctx
+// ends, or after ApplyTimeout when ctx has no deadline.
+func (n *Node) onLeader(ctx context.Context, local func(timeout time.Duration) error, remote func(ctx context.Context, addr string) (notLeader bool, err error)) error {
+	ctx, cancel := n.bounded(ctx)
+	defer cancel()
 	var lastErr error
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 {
 			if err := n.backoff(ctx, attempt); err != nil {
-				return nil, fmt.Errorf("apply %s: %w (last error: %v)", cmd.Type, err, lastErr)
+				return fmt.Errorf("%w (last error: %v)", err, lastErr)
 			}
 		}
 		if n.raft.State() == raft.Leader {
 			dl, _ := ctx.Deadline()
-			res, err := n.applyLocal(data, time.Until(dl))
-			if err == nil {
-				return res, nil
-			}
-			if !isRetryable(err) {
-				return nil, fmt.Errorf("apply %s: %w", cmd.Type, err)
+			err := local(time.Until(dl))
+			if err == nil || !isRetryable(err) {
+				return err
 			}
 			lastErr = err
 			continue
@@ -74,18 +93,15 @@ func (n *Node) Apply(ctx context.Context, cmd *fsm.Command) (*fsm.Result, error)
 			lastErr = errors.New("no known leader")
 			continue
 		}
-		var reply ApplyReply
-		if err := n.pool.call(ctx, addr, "Apply", ApplyArgs{Data: data}, &reply); err != nil {
-			// The request may or may not have reached the leader; the
-			// request id makes the retry safe.
+		notLeader, err := remote(ctx, addr)
+		switch {
+		case err != nil:
 			lastErr = err
-			continue
-		}
-		if reply.NotLeader {
+		case notLeader:
 			lastErr = fmt.Errorf("%s is no longer the leader", addr)
-			continue
+		default:
+			return nil
 		}
-		return &reply.Result, nil
 	}
 }
 
@@ -109,6 +125,14 @@ func (n *Node) applyLocal(data []byte, timeout time.Duration) (*fsm.Result, erro
 		return nil, fmt.Errorf("unexpected fsm response %T", f.Response())
 	}
 	return res, nil
+}
+
+// bounded gives ctx the ApplyTimeout deadline if it has none.
+func (n *Node) bounded(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, n.cfg.ApplyTimeout)
 }
 
 // backoff waits before retry attempt (1-based), bounded by ctx and shutdown.
@@ -173,49 +197,29 @@ func (n *Node) ReadBarrier(ctx context.Context, level Consistency) (ReadInfo, er
 	if level != Default && level != Linearizable {
 		return info, fmt.Errorf("unknown consistency %q", level)
 	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, n.cfg.ApplyTimeout)
-		defer cancel()
-	}
+	ctx, cancel := n.bounded(ctx)
+	defer cancel()
 	lin := level == Linearizable
-	var lastErr error
-	for attempt := 0; ; attempt++ {
-		if attempt > 0 {
-			if err := n.backoff(ctx, attempt); err != nil {
-				return info, fmt.Errorf("%s read: %w (last error: %v)", level, err, lastErr)
-			}
+	var idx uint64
+	err := n.onLeader(ctx, func(time.Duration) (err error) {
+		idx, err = n.leaderReadIndex(lin)
+		return err
+	}, func(ctx context.Context, addr string) (bool, error) {
+		var reply ReadIndexReply
+		if err := n.pool.call(ctx, addr, "ReadIndex", ReadIndexArgs{Linearizable: lin}, &reply); err != nil {
+			return false, err
 		}
-		var idx uint64
-		if n.raft.State() == raft.Leader {
-			var err error
-			if idx, err = n.leaderReadIndex(lin); err != nil {
-				lastErr = err
-				continue
-			}
-		} else {
-			_, addr := n.Leader()
-			if addr == "" {
-				lastErr = errors.New("no known leader")
-				continue
-			}
-			var reply ReadIndexReply
-			if err := n.pool.call(ctx, addr, "ReadIndex", ReadIndexArgs{Linearizable: lin}, &reply); err != nil {
-				lastErr = err
-				continue
-			}
-			if reply.NotLeader {
-				lastErr = fmt.Errorf("%s is no longer the leader", addr)
-				continue
-			}
-			idx = reply.Index
-		}
-		if err := n.waitApplied(ctx, idx); err != nil {
-			return info, fmt.Errorf("%s read: %w", level, err)
-		}
-		info.Index = n.fsm.LastIndex()
-		return info, nil
+		idx = reply.Index
+		return reply.NotLeader, nil
+	})
+	if err == nil {
+		err = n.waitApplied(ctx, idx)
 	}
+	if err != nil {
+		return info, fmt.Errorf("%s read: %w", level, err)
+	}
+	info.Index = n.fsm.LastIndex()
+	return info, nil
 }
 
 // leaderReadIndex returns the index a read must wait for, per the

@@ -299,6 +299,7 @@ func TestBadInvocations(t *testing.T) {
 		{"address without port", []string{"agent", "--dev", "--rpc-addr", "127.0.0.1"}, "rpc-addr"},
 		{"bad advertise", []string{"agent", "--dev", "--gossip-advertise", "0.0.0.0:7946"}, "gossip-advertise"},
 		{"missing config file", []string{"agent", "--config", filepath.Join(dir, "nope.yaml")}, "nope.yaml"},
+		{"config path is a directory", []string{"agent", "--config", dir}, "is a directory"},
 		{"unknown config key", []string{"agent", "--config", unknownKey}, "bogus_setting"},
 		{"bad duration", []string{"agent", "--dev", "--dead-server-timeout", "soon"}, "dead-server-timeout"},
 		{"no data dir", []string{"agent"}, "data dir"},
