@@ -18,8 +18,8 @@ type Type uint8
 const (
 	TypeNodeRegister Type = iota + 1
 	TypeNodeDeregister
+	TypeProviders
 	TypeCatalogPut
-	TypeCatalogDelete
 	TypeAssign
 	TypeSessionOpen
 	TypeSessionTouch
@@ -33,8 +33,8 @@ const (
 var typeNames = [...]string{
 	TypeNodeRegister:   "node_register",
 	TypeNodeDeregister: "node_deregister",
+	TypeProviders:      "providers",
 	TypeCatalogPut:     "catalog_put",
-	TypeCatalogDelete:  "catalog_delete",
 	TypeAssign:         "assign",
 	TypeSessionOpen:    "session_open",
 	TypeSessionTouch:   "session_touch",
@@ -62,10 +62,11 @@ type Command struct {
 	RequestID  string      `json:"rid,omitempty"`        // idempotency key, see dedupe
 	Now        int64       `json:"now"`                  // proposer's clock, unix ns
 	Node       *Node       `json:"node,omitempty"`       // NodeRegister (required, Node.ID non-empty)
-	NodeID     string      `json:"node_id,omitempty"`    // NodeDeregister (required)
-	Tools      []Tool      `json:"tools,omitempty"`      // CatalogPut (required, each Name non-empty)
-	Names      []string    `json:"names,omitempty"`      // CatalogDelete (required)
-	Assignment *Assignment `json:"assignment,omitempty"` // Assign (required, Tool non-empty)
+	NodeID     string      `json:"node_id,omitempty"`    // NodeDeregister, Providers (required)
+	Providers  []Provider  `json:"providers,omitempty"`  // Providers: every provider NodeID can run (replaces its earlier list)
+	Provider   string      `json:"provider,omitempty"`   // CatalogPut (required)
+	Tools      []Tool      `json:"tools,omitempty"`      // CatalogPut: the provider's whole tool list (each Name non-empty)
+	Assignment *Assignment `json:"assignment,omitempty"` // Assign (required, Provider non-empty)
 	Session    *Session    `json:"session,omitempty"`    // SessionOpen (required, ID non-empty)
 	SessionID  string      `json:"session_id,omitempty"` // SessionTouch, SessionDelete (required)
 	IdleTTL    int64       `json:"idle_ttl,omitempty"`   // SessionExpire: remove sessions with LastSeen+IdleTTL <= Now (required > 0)
@@ -145,22 +146,27 @@ func (c *Command) validate() error {
 		if c.NodeID == "" {
 			return errors.New("missing node_id")
 		}
+	case TypeProviders:
+		if c.NodeID == "" {
+			return errors.New("missing node_id")
+		}
+		for i, p := range c.Providers {
+			if err := p.validate(); err != nil {
+				return fmt.Errorf("provider %d: %w", i, err)
+			}
+		}
 	case TypeCatalogPut:
-		if len(c.Tools) == 0 {
-			return errors.New("missing tools")
+		if c.Provider == "" {
+			return errors.New("missing provider")
 		}
 		for i, t := range c.Tools {
 			if err := t.validate(); err != nil {
 				return fmt.Errorf("tool %d: %w", i, err)
 			}
 		}
-	case TypeCatalogDelete:
-		if len(c.Names) == 0 {
-			return errors.New("missing names")
-		}
 	case TypeAssign:
-		if c.Assignment == nil || c.Assignment.Tool == "" {
-			return errors.New("missing assignment tool")
+		if c.Assignment == nil || c.Assignment.Provider == "" {
+			return errors.New("missing assignment provider")
 		}
 	case TypeSessionOpen:
 		if c.Session == nil || c.Session.ID == "" {
@@ -185,12 +191,22 @@ func (c *Command) validate() error {
 	return nil
 }
 
+func (p *Provider) validate() error {
+	switch {
+	case p.Name == "":
+		return errors.New("missing name")
+	case p.Replicas < 0:
+		return errors.New("negative replicas")
+	case p.CacheTTL < 0:
+		return errors.New("negative cache_ttl")
+	}
+	return nil
+}
+
 func (t *Tool) validate() error {
 	switch {
 	case t.Name == "":
 		return errors.New("missing name")
-	case t.Replicas < 0:
-		return errors.New("negative replicas")
 	case t.CacheTTL < 0:
 		return errors.New("negative cache_ttl")
 	}
@@ -201,7 +217,10 @@ func (t *Tool) validate() error {
 // round trip unchanged.
 func (c *Command) normalize() {
 	c.Value = nilIfEmpty(c.Value)
-	c.Names = nilIfEmpty(c.Names)
+	c.Providers = nilIfEmpty(c.Providers)
+	for i := range c.Providers {
+		c.Providers[i].Nodes = nilIfEmpty(c.Providers[i].Nodes)
+	}
 	c.Tools = nilIfEmpty(c.Tools)
 	for i := range c.Tools {
 		c.Tools[i].normalize()
@@ -212,7 +231,6 @@ func (c *Command) normalize() {
 }
 
 func (t *Tool) normalize() {
-	t.Nodes = nilIfEmpty(t.Nodes)
 	if len(t.Spec) == 0 {
 		t.Spec = nil
 	} else if b, err := json.Marshal(t.Spec); err == nil {

@@ -24,12 +24,15 @@ func sampleCommands() []*Command {
 	return []*Command{
 		{Type: TypeNodeRegister, RequestID: "r1", Now: 10, Node: &Node{ID: "n1", HTTPAddr: "127.0.0.1:8500", RPCAddr: "127.0.0.1:8300", GossipAddr: "127.0.0.1:8301"}},
 		{Type: TypeNodeDeregister, Now: 11, NodeID: "n1"},
-		{Type: TypeCatalogPut, Now: 12, Tools: []Tool{
-			{Name: "echo", Provider: "builtin", Spec: json.RawMessage(`{"name":"echo","inputSchema":{"type":"object"}}`), CacheTTL: 5e9, Nodes: []string{"n1", "n2"}},
-			{Name: "grep", Provider: "stdio:grep", Replicas: 2},
+		{Type: TypeProviders, Now: 12, NodeID: "n1", Providers: []Provider{
+			{Name: "builtin", CacheTTL: 5e9},
+			{Name: "grep", Replicas: 2, Nodes: []string{"ignored"}},
 		}},
-		{Type: TypeCatalogDelete, Now: 13, Names: []string{"echo", "missing"}},
-		{Type: TypeAssign, Now: 14, Assignment: &Assignment{Tool: "grep", Holders: []string{"n2", "n1"}}},
+		{Type: TypeCatalogPut, Now: 13, Provider: "builtin", Tools: []Tool{
+			{Name: "echo", Spec: json.RawMessage(`{"name":"echo","inputSchema":{"type":"object"}}`), CacheTTL: 5e9},
+			{Name: "sha", Provider: "builtin"},
+		}},
+		{Type: TypeAssign, Now: 14, Assignment: &Assignment{Provider: "grep", Holders: []string{"n2", "n1"}}},
 		{Type: TypeSessionOpen, Now: 15, Session: &Session{ID: "s1", Principal: "alice", ProtocolVersion: "2025-11-25", Node: "n1"}},
 		{Type: TypeSessionTouch, Now: 16, SessionID: "s1"},
 		{Type: TypeSessionDelete, Now: 17, SessionID: "s1"},
@@ -60,12 +63,12 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 
 func TestDecodeNormalizes(t *testing.T) {
 	b := append([]byte{EncodingVersion, byte(TypeCatalogPut)},
-		`{"now":1,"value":"","names":[],"tools":[{"name":"a","spec":{ "x" : "<y>" },"nodes":[]}]}`...)
+		`{"now":1,"value":"","provider":"p","providers":[],"tools":[{"name":"a","spec":{ "x" : "<y>" }}]}`...)
 	c, err := Decode(b)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Value != nil || c.Names != nil || c.Tools[0].Nodes != nil {
+	if c.Value != nil || c.Providers != nil {
 		t.Errorf("empty slices not normalised to nil: %+v", c)
 	}
 	if got, want := string(c.Tools[0].Spec), `{"x":"\u003cy\u003e"}`; got != want {
@@ -99,11 +102,13 @@ func TestDecodeErrors(t *testing.T) {
 		{"register no node", hdr(TypeNodeRegister, `{}`), "missing node id"},
 		{"register empty id", hdr(TypeNodeRegister, `{"node":{"id":""}}`), "missing node id"},
 		{"deregister no id", hdr(TypeNodeDeregister, `{}`), "missing node_id"},
-		{"catalog put empty", hdr(TypeCatalogPut, `{"tools":[]}`), "missing tools"},
-		{"catalog put unnamed", hdr(TypeCatalogPut, `{"tools":[{"name":"a"},{"provider":"p"}]}`), "tool 1: missing name"},
-		{"catalog put negative replicas", hdr(TypeCatalogPut, `{"tools":[{"name":"a","replicas":-1}]}`), "negative replicas"},
-		{"catalog delete empty", hdr(TypeCatalogDelete, `{"names":null}`), "missing names"},
-		{"assign no tool", hdr(TypeAssign, `{"assignment":{"holders":["a"]}}`), "missing assignment tool"},
+		{"catalog put no provider", hdr(TypeCatalogPut, `{"tools":[]}`), "missing provider"},
+		{"catalog put unnamed", hdr(TypeCatalogPut, `{"provider":"p","tools":[{"name":"a"},{"provider":"p"}]}`), "tool 1: missing name"},
+		{"catalog put negative ttl", hdr(TypeCatalogPut, `{"provider":"p","tools":[{"name":"a","cache_ttl":-1}]}`), "negative cache_ttl"},
+		{"providers no node", hdr(TypeProviders, `{"providers":[{"name":"p"}]}`), "missing node_id"},
+		{"providers negative replicas", hdr(TypeProviders, `{"node_id":"n","providers":[{"name":"p","replicas":-1}]}`), "negative replicas"},
+		{"providers unnamed", hdr(TypeProviders, `{"node_id":"n","providers":[{"replicas":1}]}`), "provider 0: missing name"},
+		{"assign no provider", hdr(TypeAssign, `{"assignment":{"holders":["a"]}}`), "missing assignment provider"},
 		{"session open no id", hdr(TypeSessionOpen, `{"session":{}}`), "missing session id"},
 		{"session touch no id", hdr(TypeSessionTouch, `{}`), "missing session_id"},
 		{"session delete no id", hdr(TypeSessionDelete, `{}`), "missing session_id"},
@@ -131,7 +136,7 @@ func TestEncodeErrors(t *testing.T) {
 		{Type: 200},
 		{Type: TypeCacheSet},
 		{Type: TypeCacheExpire, Limit: -1},
-		{Type: TypeCatalogPut, Tools: []Tool{{Name: "a", Spec: json.RawMessage(`{`)}}},
+		{Type: TypeCatalogPut, Provider: "p", Tools: []Tool{{Name: "a", Spec: json.RawMessage(`{`)}}},
 	} {
 		if b, err := Encode(c); err == nil {
 			t.Errorf("Encode(%+v) = %q, want error", c, b)

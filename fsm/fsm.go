@@ -7,6 +7,7 @@
 package fsm
 
 import (
+	"bytes"
 	"fmt"
 	"math"
 	"slices"
@@ -28,6 +29,7 @@ const (
 type state struct {
 	index      uint64
 	nodes      map[string]Node
+	providers  map[string]Provider
 	tools      map[string]Tool
 	assigns    map[string]Assignment
 	sessions   map[string]Session
@@ -39,8 +41,9 @@ type state struct {
 
 func newState() *state {
 	return &state{
-		nodes:    map[string]Node{},
-		tools:    map[string]Tool{},
+		nodes:     map[string]Node{},
+		providers: map[string]Provider{},
+		tools:     map[string]Tool{},
 		assigns:  map[string]Assignment{},
 		sessions: map[string]Session{},
 		cache:    map[string]CacheEntry{},
@@ -136,27 +139,14 @@ func (s *state) apply(index uint64, c *Command) (*Result, bool) {
 		s.nodes[n.ID] = n
 	case TypeNodeDeregister:
 		changed = s.deregister(c.NodeID, &r)
+	case TypeProviders:
+		changed = s.setProviders(c.NodeID, c.Providers)
 	case TypeCatalogPut:
-		for _, t := range c.Tools {
-			s.tools[t.Name] = t
-		}
-		changed = true
-	case TypeCatalogDelete:
-		for _, name := range c.Names {
-			if _, ok := s.tools[name]; ok {
-				delete(s.tools, name)
-				r.Removed++
-				changed = true
-			}
-			if _, ok := s.assigns[name]; ok {
-				delete(s.assigns, name)
-				changed = true
-			}
-		}
+		changed = s.putCatalog(c.Provider, c.Tools, &r)
 	case TypeAssign:
 		a := *c.Assignment
 		a.Epoch = index
-		s.assigns[a.Tool] = a
+		s.assigns[a.Provider] = a
 		changed = true
 	case TypeSessionOpen:
 		ss := *c.Session
@@ -227,25 +217,98 @@ func (s *state) apply(index uint64, c *Command) (*Result, bool) {
 	return &r, changed
 }
 
-// deregister removes a node and scrubs it from every tool and assignment.
+// deregister removes a node and scrubs it from every provider and assignment.
 func (s *state) deregister(id string, r *Result) (changed bool) {
 	if _, ok := s.nodes[id]; ok {
 		delete(s.nodes, id)
 		r.Removed = 1
 	}
-	for name, t := range s.tools {
-		if slices.Contains(t.Nodes, id) {
-			t.Nodes = without(t.Nodes, id)
-			s.tools[name] = t
-			changed = true
-		}
-	}
+	changed = s.setProviders(id, nil)
 	for name, a := range s.assigns {
 		if slices.Contains(a.Holders, id) {
 			a.Holders = without(a.Holders, id)
 			s.assigns[name] = a
 			changed = true
 		}
+	}
+	return changed
+}
+
+// setProviders records that node can run exactly the providers in offered:
+// their definitions are upserted, node joins their Nodes and leaves every
+// other provider's. A provider no node can run any more is dropped with its
+// tools and assignment.
+func (s *state) setProviders(node string, offered []Provider) (changed bool) {
+	want := make(map[string]Provider, len(offered))
+	for _, p := range offered {
+		want[p.Name] = p
+	}
+	for name, p := range s.providers {
+		if _, ok := want[name]; ok || !slices.Contains(p.Nodes, node) {
+			continue
+		}
+		changed = true
+		if p.Nodes = without(p.Nodes, node); len(p.Nodes) == 0 {
+			s.dropProvider(name)
+			continue
+		}
+		s.providers[name] = p
+	}
+	for name, def := range want {
+		cur, ok := s.providers[name]
+		nodes := cur.Nodes
+		if !slices.Contains(nodes, node) {
+			nodes = append(slices.Clone(nodes), node)
+			slices.Sort(nodes)
+		}
+		next := Provider{Name: name, Replicas: def.Replicas, CacheTTL: def.CacheTTL, Nodes: nodes}
+		if !ok || cur.Replicas != next.Replicas || cur.CacheTTL != next.CacheTTL || !slices.Equal(cur.Nodes, next.Nodes) {
+			s.providers[name] = next
+			changed = true
+		}
+	}
+	return changed
+}
+
+func (s *state) dropProvider(name string) {
+	delete(s.providers, name)
+	delete(s.assigns, name)
+	for tn, t := range s.tools {
+		if t.Provider == name {
+			delete(s.tools, tn)
+		}
+	}
+}
+
+// putCatalog replaces the tool list of provider. A name that another
+// provider already serves is skipped and counted (CodeConflict): the first
+// provider to claim a name keeps it.
+func (s *state) putCatalog(provider string, tools []Tool, r *Result) (changed bool) {
+	if _, ok := s.providers[provider]; !ok {
+		r.Code = CodeNotFound
+		return false
+	}
+	keep := make(map[string]bool, len(tools))
+	for _, t := range tools {
+		if cur, ok := s.tools[t.Name]; ok && cur.Provider != provider {
+			r.Removed++
+			continue
+		}
+		t.Provider = provider
+		keep[t.Name] = true
+		if cur, ok := s.tools[t.Name]; !ok || cur.CacheTTL != t.CacheTTL || !bytes.Equal(cur.Spec, t.Spec) {
+			s.tools[t.Name] = t
+			changed = true
+		}
+	}
+	for name, t := range s.tools {
+		if t.Provider == provider && !keep[name] {
+			delete(s.tools, name)
+			changed = true
+		}
+	}
+	if r.Removed > 0 {
+		r.Code = CodeConflict
 	}
 	return changed
 }
@@ -345,6 +408,21 @@ func (f *FSM) Nodes() []Node {
 	return sortedValues(f.st.nodes, func(n Node) Node { return n })
 }
 
+// Providers returns every provider, sorted by Name.
+func (f *FSM) Providers() []Provider {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return sortedValues(f.st.providers, Provider.clone)
+}
+
+// Provider returns the provider with the given name.
+func (f *FSM) Provider(name string) (Provider, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	p, ok := f.st.providers[name]
+	return p.clone(), ok
+}
+
 // Tools returns the catalog, sorted by Name.
 func (f *FSM) Tools() []Tool {
 	f.mu.RLock()
@@ -360,15 +438,15 @@ func (f *FSM) Tool(name string) (Tool, bool) {
 	return t.clone(), ok
 }
 
-// Assignment returns the assignment of the given tool.
-func (f *FSM) Assignment(tool string) (Assignment, bool) {
+// Assignment returns the assignment of the given provider.
+func (f *FSM) Assignment(provider string) (Assignment, bool) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	a, ok := f.st.assigns[tool]
+	a, ok := f.st.assigns[provider]
 	return a.clone(), ok
 }
 
-// Assignments returns every assignment, sorted by Tool.
+// Assignments returns every assignment, sorted by Provider.
 func (f *FSM) Assignments() []Assignment {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
@@ -433,6 +511,7 @@ func (f *FSM) Counts() Counts {
 	s := f.st
 	return Counts{
 		Nodes:        len(s.nodes),
+		Providers:    len(s.providers),
 		Tools:        len(s.tools),
 		Assignments:  len(s.assigns),
 		Sessions:     len(s.sessions),

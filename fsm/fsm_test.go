@@ -41,9 +41,14 @@ func TestApply(t *testing.T) {
 	reg := func(id, addr string, now int64) Command {
 		return Command{Type: TypeNodeRegister, Now: now, Node: &Node{ID: id, HTTPAddr: addr}}
 	}
-	put := func(tools ...Tool) Command { return Command{Type: TypeCatalogPut, Tools: tools} }
-	assign := func(tool string, holders ...string) Command {
-		return Command{Type: TypeAssign, Assignment: &Assignment{Tool: tool, Holders: holders}}
+	offer := func(node string, provs ...Provider) Command {
+		return Command{Type: TypeProviders, NodeID: node, Providers: provs}
+	}
+	put := func(provider string, tools ...Tool) Command {
+		return Command{Type: TypeCatalogPut, Provider: provider, Tools: tools}
+	}
+	assign := func(provider string, holders ...string) Command {
+		return Command{Type: TypeAssign, Assignment: &Assignment{Provider: provider, Holders: holders}}
 	}
 	open := func(id string, now int64) Command {
 		return Command{Type: TypeSessionOpen, Now: now, Session: &Session{ID: id, Principal: "p"}}
@@ -77,12 +82,16 @@ func TestApply(t *testing.T) {
 			},
 		},
 		{
-			name: "node deregister scrubs tools and assignments",
+			name: "node deregister scrubs providers, tools and assignments",
 			steps: []step{
 				{cmd: reg("n1", "a", 1)},
 				{cmd: reg("n2", "b", 1)},
-				{cmd: put(Tool{Name: "t1", Nodes: []string{"n1", "n2"}}, Tool{Name: "t2", Nodes: []string{"n1"}})},
-				{cmd: assign("t1", "n2", "n1")},
+				{cmd: offer("n1", Provider{Name: "p1"}, Provider{Name: "p2", Replicas: 1})},
+				{cmd: offer("n2", Provider{Name: "p1"})},
+				{cmd: put("p1", Tool{Name: "t1"})},
+				{cmd: put("p2", Tool{Name: "t2"})},
+				{cmd: assign("p1", "n2", "n1")},
+				{cmd: assign("p2", "n1")},
 				{cmd: Command{Type: TypeNodeDeregister, NodeID: "n1"}, want: Result{Removed: 1}},
 				{cmd: Command{Type: TypeNodeDeregister, NodeID: "n1"}},
 			},
@@ -90,45 +99,63 @@ func TestApply(t *testing.T) {
 				if _, ok := f.Node("n1"); ok {
 					t.Error("n1 still registered")
 				}
-				if tl, _ := f.Tool("t1"); !reflect.DeepEqual(tl.Nodes, []string{"n2"}) {
-					t.Errorf("t1.Nodes = %v", tl.Nodes)
+				if p, _ := f.Provider("p1"); !reflect.DeepEqual(p.Nodes, []string{"n2"}) {
+					t.Errorf("p1.Nodes = %v", p.Nodes)
 				}
-				if tl, _ := f.Tool("t2"); tl.Nodes != nil {
-					t.Errorf("t2.Nodes = %v", tl.Nodes)
+				if _, ok := f.Provider("p2"); ok {
+					t.Error("p2 kept with no capable node")
 				}
-				if a, _ := f.Assignment("t1"); !reflect.DeepEqual(a.Holders, []string{"n2"}) || a.Epoch != 4 {
+				if _, ok := f.Tool("t2"); ok {
+					t.Error("t2 kept after its provider was dropped")
+				}
+				if a, _ := f.Assignment("p1"); !reflect.DeepEqual(a.Holders, []string{"n2"}) || a.Epoch != 7 {
 					t.Errorf("assignment = %+v", a)
+				}
+				if _, ok := f.Assignment("p2"); ok {
+					t.Error("p2 assignment kept")
 				}
 			},
 		},
 		{
-			name: "catalog put replaces, delete removes tools and assignments",
+			name: "providers: a node's list replaces its earlier one",
 			steps: []step{
-				{cmd: put(Tool{Name: "b", Provider: "p1", Replicas: 1}, Tool{Name: "a", Provider: "p1"}, Tool{Name: "c"})},
-				{cmd: put(Tool{Name: "b", Provider: "p2"})},
-				{cmd: assign("a", "n1")},
-				{cmd: assign("ghost", "n1")},
-				{cmd: Command{Type: TypeCatalogDelete, Names: []string{"a", "ghost", "missing"}}, want: Result{Removed: 1}},
+				{cmd: offer("n2", Provider{Name: "b"})},
+				{cmd: offer("n1", Provider{Name: "a", Replicas: 2, CacheTTL: 5}, Provider{Name: "b"})},
+				{cmd: offer("n1", Provider{Name: "a", Replicas: 3})},
+				{cmd: offer("n3", Provider{Name: "a", Replicas: 3})},
 			},
 			check: func(t *testing.T, f *FSM) {
-				want := []Tool{{Name: "b", Provider: "p2"}, {Name: "c"}}
+				want := []Provider{{Name: "a", Replicas: 3, Nodes: []string{"n1", "n3"}}, {Name: "b", Nodes: []string{"n2"}}}
+				if got := f.Providers(); !reflect.DeepEqual(got, want) {
+					t.Errorf("Providers() = %+v, want %+v", got, want)
+				}
+			},
+		},
+		{
+			name: "catalog put replaces a provider's tools, first claim on a name wins",
+			steps: []step{
+				{cmd: offer("n1", Provider{Name: "p1"}, Provider{Name: "p2"})},
+				{cmd: put("p1", Tool{Name: "b"}, Tool{Name: "a", CacheTTL: 7})},
+				{cmd: put("p2", Tool{Name: "b"}, Tool{Name: "c"}), want: Result{Code: CodeConflict, Removed: 1}},
+				{cmd: put("p1", Tool{Name: "b", Spec: []byte(`{"v":2}`)})},
+				{cmd: put("ghost", Tool{Name: "z"}), want: Result{Code: CodeNotFound}},
+			},
+			check: func(t *testing.T, f *FSM) {
+				want := []Tool{{Name: "b", Provider: "p1", Spec: []byte(`{"v":2}`)}, {Name: "c", Provider: "p2"}}
 				if got := f.Tools(); !reflect.DeepEqual(got, want) {
 					t.Errorf("Tools() = %+v, want %+v", got, want)
 				}
-				if got := f.Assignments(); len(got) != 0 {
-					t.Errorf("Assignments() = %+v, want none", got)
-				}
 			},
 		},
 		{
-			name: "assign sets epoch, allows unknown tool, replaces",
+			name: "assign sets epoch, allows unknown provider, replaces",
 			steps: []step{
 				{cmd: assign("x", "n1", "n2")},
 				{cmd: assign("w", "n3")},
 				{cmd: assign("x", "n2")},
 			},
 			check: func(t *testing.T, f *FSM) {
-				want := []Assignment{{Tool: "w", Holders: []string{"n3"}, Epoch: 2}, {Tool: "x", Holders: []string{"n2"}, Epoch: 3}}
+				want := []Assignment{{Provider: "w", Holders: []string{"n3"}, Epoch: 2}, {Provider: "x", Holders: []string{"n2"}, Epoch: 3}}
 				if got := f.Assignments(); !reflect.DeepEqual(got, want) {
 					t.Errorf("Assignments() = %+v, want %+v", got, want)
 				}
@@ -336,12 +363,14 @@ func randomCommands(seed int64, n int) []*Command {
 			c.Node = &Node{ID: pick("n", 5), HTTPAddr: pick("addr", 100)}
 		case TypeNodeDeregister:
 			c.NodeID = pick("n", 5)
+		case TypeProviders:
+			c.NodeID = pick("n", 5)
+			c.Providers = []Provider{{Name: pick("p", 4), Replicas: rng.Intn(3)}, {Name: pick("p", 4)}}
 		case TypeCatalogPut:
-			c.Tools = []Tool{{Name: pick("t", 8), Nodes: []string{pick("n", 5), pick("n", 5)}, Spec: []byte(`{"n":1}`)}}
-		case TypeCatalogDelete:
-			c.Names = []string{pick("t", 8)}
+			c.Provider = pick("p", 4)
+			c.Tools = []Tool{{Name: pick("t", 8), Spec: []byte(`{"n":1}`)}}
 		case TypeAssign:
-			c.Assignment = &Assignment{Tool: pick("t", 8), Holders: []string{pick("n", 5), pick("n", 5)}}
+			c.Assignment = &Assignment{Provider: pick("p", 4), Holders: []string{pick("n", 5), pick("n", 5)}}
 		case TypeSessionOpen:
 			c.Session = &Session{ID: pick("s", 20)}
 		case TypeSessionTouch, TypeSessionDelete:
@@ -419,24 +448,31 @@ func TestSameLogSameHash(t *testing.T) {
 
 func TestReadsReturnCopies(t *testing.T) {
 	f := newTestFSM(t)
-	f.apply(&Command{Type: TypeCatalogPut, Tools: []Tool{{Name: "t", Spec: []byte(`{"a":1}`), Nodes: []string{"n1"}}}})
-	f.apply(&Command{Type: TypeAssign, Assignment: &Assignment{Tool: "t", Holders: []string{"n1"}}})
+	f.apply(&Command{Type: TypeProviders, NodeID: "n1", Providers: []Provider{{Name: "p"}}})
+	f.apply(&Command{Type: TypeCatalogPut, Provider: "p", Tools: []Tool{{Name: "t", Spec: []byte(`{"a":1}`)}}})
+	f.apply(&Command{Type: TypeAssign, Assignment: &Assignment{Provider: "p", Holders: []string{"n1"}}})
 	f.apply(&Command{Type: TypeCacheSet, Key: "k", Value: []byte("abc")})
 
 	tl, _ := f.Tool("t")
-	tl.Nodes[0], tl.Spec[0] = "x", 'x'
-	f.Tools()[0].Nodes[0] = "x"
-	a, _ := f.Assignment("t")
+	tl.Spec[0] = 'x'
+	f.Tools()[0].Spec[0] = 'x'
+	p, _ := f.Provider("p")
+	p.Nodes[0] = "x"
+	f.Providers()[0].Nodes[0] = "x"
+	a, _ := f.Assignment("p")
 	a.Holders[0] = "x"
 	f.Assignments()[0].Holders[0] = "x"
 	e, _ := f.CacheGet("k", 0)
 	e.Value[0] = 'x'
 	f.CacheList("", "", 1, 0)[0].Value[0] = 'x'
 
-	if tl, _ := f.Tool("t"); tl.Nodes[0] != "n1" || string(tl.Spec) != `{"a":1}` {
+	if tl, _ := f.Tool("t"); string(tl.Spec) != `{"a":1}` {
 		t.Errorf("tool mutated: %+v", tl)
 	}
-	if a, _ := f.Assignment("t"); a.Holders[0] != "n1" {
+	if p, _ := f.Provider("p"); p.Nodes[0] != "n1" {
+		t.Errorf("provider mutated: %+v", p)
+	}
+	if a, _ := f.Assignment("p"); a.Holders[0] != "n1" {
 		t.Errorf("assignment mutated: %+v", a)
 	}
 	if e, _ := f.CacheGet("k", 0); string(e.Value) != "abc" {
@@ -495,22 +531,23 @@ func TestSubscribe(t *testing.T) {
 	if pending() {
 		t.Error("notified for a change outside catalog/assignments")
 	}
-	f.apply(&Command{Type: TypeCatalogPut, Tools: []Tool{{Name: "a", Nodes: []string{"n1"}}}})
-	f.apply(&Command{Type: TypeAssign, Assignment: &Assignment{Tool: "a"}})
+	f.apply(&Command{Type: TypeProviders, NodeID: "n1", Providers: []Provider{{Name: "p"}}})
+	f.apply(&Command{Type: TypeCatalogPut, Provider: "p", Tools: []Tool{{Name: "a"}}})
+	f.apply(&Command{Type: TypeAssign, Assignment: &Assignment{Provider: "p"}})
 	if !pending() || pending() {
 		t.Error("want exactly one coalesced notification")
 	}
 	f.apply(&Command{Type: TypeNodeDeregister, NodeID: "n1"})
 	if !pending() {
-		t.Error("no notification after deregister touched a tool")
+		t.Error("no notification after deregister touched a provider")
 	}
-	f.ApplyBatch([]*raft.Log{f.log(&Command{Type: TypeCatalogDelete, Names: []string{"a"}})})
+	f.ApplyBatch([]*raft.Log{f.log(&Command{Type: TypeProviders, NodeID: "n2", Providers: []Provider{{Name: "q"}}})})
 	if !pending() {
 		t.Error("no notification after ApplyBatch")
 	}
 	cancel()
 	cancel()
-	f.apply(&Command{Type: TypeCatalogPut, Tools: []Tool{{Name: "b"}}})
+	f.apply(&Command{Type: TypeCatalogPut, Provider: "q", Tools: []Tool{{Name: "b"}}})
 	if pending() {
 		t.Error("notified after cancel")
 	}

@@ -15,7 +15,7 @@ import (
 )
 
 // Snapshot format: newline-delimited JSON records. A header record, then the
-// sections nodes, tools, assignments, sessions, cache (each sorted by key),
+// sections nodes, providers, tools, assignments, sessions, cache (each sorted by key),
 // then the dedupe table in FIFO order, then an end record carrying the
 // number of data records so truncation is detected.
 const snapshotFormat = 1
@@ -23,6 +23,7 @@ const snapshotFormat = 1
 const (
 	kindHeader     = "header"
 	kindNode       = "node"
+	kindProvider   = "provider"
 	kindTool       = "tool"
 	kindAssignment = "assignment"
 	kindSession    = "session"
@@ -38,6 +39,7 @@ type record struct {
 	Index      uint64      `json:"index,omitempty"`  // header: last applied index
 	Count      int         `json:"count,omitempty"`  // end: number of data records
 	Node       *Node       `json:"node,omitempty"`
+	Provider   *Provider   `json:"provider,omitempty"`
 	Tool       *Tool       `json:"tool,omitempty"`
 	Assignment *Assignment `json:"assignment,omitempty"`
 	Session    *Session    `json:"session,omitempty"`
@@ -52,7 +54,7 @@ type dedupeRec struct {
 
 func (r *record) payloads() int {
 	n := 0
-	for _, set := range []bool{r.Node != nil, r.Tool != nil, r.Assignment != nil,
+	for _, set := range []bool{r.Node != nil, r.Provider != nil, r.Tool != nil, r.Assignment != nil,
 		r.Session != nil, r.Cache != nil, r.Dedupe != nil} {
 		if set {
 			n++
@@ -65,6 +67,7 @@ func (r *record) payloads() int {
 func (s *state) clone() *state {
 	c := *s
 	c.nodes = maps.Clone(s.nodes)
+	c.providers = maps.Clone(s.providers)
 	c.tools = maps.Clone(s.tools)
 	c.assigns = maps.Clone(s.assigns)
 	c.sessions = maps.Clone(s.sessions)
@@ -133,6 +136,7 @@ func (s *state) encode(w io.Writer) error {
 		}
 	}
 	eachSorted(s.nodes, func(v *Node) { put(&record{Kind: kindNode, Node: v}) })
+	eachSorted(s.providers, func(v *Provider) { put(&record{Kind: kindProvider, Provider: v}) })
 	eachSorted(s.tools, func(v *Tool) { put(&record{Kind: kindTool, Tool: v}) })
 	eachSorted(s.assigns, func(v *Assignment) { put(&record{Kind: kindAssignment, Assignment: v}) })
 	eachSorted(s.sessions, func(v *Session) { put(&record{Kind: kindSession, Session: v}) })
@@ -233,6 +237,17 @@ func (s *state) restore(r *record) error {
 		_, ok := s.nodes[r.Node.ID]
 		s.nodes[r.Node.ID] = *r.Node
 		return dup(ok, r.Node.ID)
+	case kindProvider:
+		if r.Provider == nil {
+			return errors.New("missing provider")
+		}
+		if err := r.Provider.validate(); err != nil {
+			return err
+		}
+		r.Provider.Nodes = nilIfEmpty(r.Provider.Nodes)
+		_, ok := s.providers[r.Provider.Name]
+		s.providers[r.Provider.Name] = *r.Provider
+		return dup(ok, r.Provider.Name)
 	case kindTool:
 		if r.Tool == nil {
 			return errors.New("missing tool")
@@ -245,13 +260,13 @@ func (s *state) restore(r *record) error {
 		s.tools[r.Tool.Name] = *r.Tool
 		return dup(ok, r.Tool.Name)
 	case kindAssignment:
-		if r.Assignment == nil || r.Assignment.Tool == "" {
-			return errors.New("missing assignment tool")
+		if r.Assignment == nil || r.Assignment.Provider == "" {
+			return errors.New("missing assignment provider")
 		}
 		r.Assignment.Holders = nilIfEmpty(r.Assignment.Holders)
-		_, ok := s.assigns[r.Assignment.Tool]
-		s.assigns[r.Assignment.Tool] = *r.Assignment
-		return dup(ok, r.Assignment.Tool)
+		_, ok := s.assigns[r.Assignment.Provider]
+		s.assigns[r.Assignment.Provider] = *r.Assignment
+		return dup(ok, r.Assignment.Provider)
 	case kindSession:
 		if r.Session == nil || r.Session.ID == "" {
 			return errors.New("missing session id")

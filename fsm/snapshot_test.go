@@ -53,12 +53,14 @@ func populate(tb testing.TB, nCache int) *testFSM {
 	f := newTestFSM(tb)
 	f.apply(&Command{Type: TypeNodeRegister, Now: 1, Node: &Node{ID: "n2", HTTPAddr: "h2", RPCAddr: "r2", GossipAddr: "g2"}})
 	f.apply(&Command{Type: TypeNodeRegister, Now: 2, Node: &Node{ID: "n1", HTTPAddr: "h1"}})
-	f.apply(&Command{Type: TypeCatalogPut, Tools: []Tool{
-		{Name: "echo", Provider: "builtin", Spec: []byte(`{"name":"echo","description":"<b>"}`), Nodes: []string{"n1", "n2"}, CacheTTL: 7},
-		{Name: "grep", Provider: "stdio", Replicas: 1},
+	f.apply(&Command{Type: TypeProviders, NodeID: "n1", Providers: []Provider{{Name: "builtin", CacheTTL: 3}}})
+	f.apply(&Command{Type: TypeProviders, NodeID: "n2", Providers: []Provider{{Name: "builtin", CacheTTL: 3}, {Name: "stdio", Replicas: 1}}})
+	f.apply(&Command{Type: TypeCatalogPut, Provider: "builtin", Tools: []Tool{
+		{Name: "echo", Spec: []byte(`{"name":"echo","description":"<b>"}`), CacheTTL: 7},
 	}})
-	f.apply(&Command{Type: TypeAssign, Assignment: &Assignment{Tool: "grep", Holders: []string{"n2"}}})
-	f.apply(&Command{Type: TypeAssign, Assignment: &Assignment{Tool: "empty"}})
+	f.apply(&Command{Type: TypeCatalogPut, Provider: "stdio", Tools: []Tool{{Name: "grep"}}})
+	f.apply(&Command{Type: TypeAssign, Assignment: &Assignment{Provider: "stdio", Holders: []string{"n2"}}})
+	f.apply(&Command{Type: TypeAssign, Assignment: &Assignment{Provider: "empty"}})
 	f.apply(&Command{Type: TypeSessionOpen, Now: 5, Session: &Session{ID: "s2", Principal: "bob", Node: "n1"}})
 	f.apply(&Command{Type: TypeSessionOpen, Now: 6, Session: &Session{ID: "s1", ProtocolVersion: "2025-11-25"}})
 	f.apply(&Command{Type: TypeCacheSet, Key: "empty", Now: 7})
@@ -78,6 +80,7 @@ func populate(tb testing.TB, nCache int) *testFSM {
 type readView struct {
 	Last        uint64
 	Nodes       []Node
+	Providers   []Provider
 	Tools       []Tool
 	Assignments []Assignment
 	Sessions    []Session
@@ -86,7 +89,7 @@ type readView struct {
 }
 
 func readAll(f *FSM) readView {
-	v := readView{Last: f.LastIndex(), Nodes: f.Nodes(), Tools: f.Tools(), Assignments: f.Assignments(), Sessions: f.Sessions(), Counts: f.Counts()}
+	v := readView{Last: f.LastIndex(), Nodes: f.Nodes(), Providers: f.Providers(), Tools: f.Tools(), Assignments: f.Assignments(), Sessions: f.Sessions(), Counts: f.Counts()}
 	for after := ""; ; {
 		page := f.CacheList("", after, 500, 0)
 		if len(page) == 0 {
@@ -130,7 +133,9 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	// The dedupe table travels with the snapshot.
 	d := &testFSM{FSM: dst, tb: t, idx: src.idx}
 	dup := &Command{Type: TypeCacheSet, RequestID: "req0", Key: "x"}
-	if r1, r2 := src.apply(dup), d.apply(dup); !r2.Duplicate || r2.Index != 9 || *r1 != *r2 {
+	// req0 went with the first generated cache entry, the last entry before the loop + 1.
+	req0 := src.idx - uint64(3000) + 1
+	if r1, r2 := src.apply(dup), d.apply(dup); !r2.Duplicate || r2.Index != req0 || *r1 != *r2 {
 		t.Fatalf("dedupe lost in snapshot: %+v vs %+v", r1, r2)
 	}
 	// And both replicas keep agreeing afterwards.

@@ -17,21 +17,28 @@ type Node struct {
 	RegisteredAt int64  `json:"registered_at"` // set by Apply from Command.Now
 }
 
+// Provider is a source of tools (built-in, an upstream stdio command, an
+// upstream HTTP URL) that some nodes are able to run.
+type Provider struct {
+	Name     string   `json:"name"`
+	Replicas int      `json:"replicas"`            // 0 = everywhere: every capable node serves it
+	CacheTTL int64    `json:"cache_ttl,omitempty"` // ns; results of its tools are cached this long
+	Nodes    []string `json:"nodes,omitempty"`     // capable nodes, sorted; maintained by Apply
+}
+
 // Tool is one entry of the cluster-wide tool catalog.
 type Tool struct {
 	Name     string          `json:"name"`
 	Provider string          `json:"provider"`
 	Spec     json.RawMessage `json:"spec,omitempty"`      // the MCP tool definition as JSON
-	Replicas int             `json:"replicas"`            // 0 = everywhere
-	CacheTTL int64           `json:"cache_ttl,omitempty"` // ns
-	Nodes    []string        `json:"nodes,omitempty"`     // nodes able to serve it
+	CacheTTL int64           `json:"cache_ttl,omitempty"` // ns; overrides the provider's when set
 }
 
-// Assignment lists the nodes the leader chose to serve a tool.
+// Assignment lists the nodes the leader chose to run a provider.
 type Assignment struct {
-	Tool    string   `json:"tool"`
-	Holders []string `json:"holders"` // node ids, in the order the leader chose
-	Epoch   uint64   `json:"epoch"`   // set by Apply: log index of the assignment
+	Provider string   `json:"provider"`
+	Holders  []string `json:"holders"` // node ids, in the order the leader chose
+	Epoch    uint64   `json:"epoch"`   // set by Apply: log index of the assignment
 }
 
 // Session is a replicated MCP session.
@@ -59,7 +66,7 @@ func (e *CacheEntry) size() int64            { return int64(len(e.Key) + len(e.V
 type Result struct {
 	Index     uint64 `json:"index"`             // log index the command was applied at (for a duplicate: the original index)
 	Version   uint64 `json:"version,omitempty"` // CacheSet: new version; CAS failure: current version (0 if absent)
-	Removed   int    `json:"removed,omitempty"` // expire/delete commands: how many removed
+	Removed   int    `json:"removed,omitempty"` // expire/delete commands: how many removed; CatalogPut conflict: how many skipped
 	Code      string `json:"code,omitempty"`    // "" ok; CodeCASMismatch; CodeNotFound
 	Duplicate bool   `json:"duplicate,omitempty"`
 }
@@ -69,12 +76,14 @@ type Result struct {
 const (
 	CodeCASMismatch = "cas_mismatch"
 	CodeNotFound    = "not_found"
+	CodeConflict    = "conflict" // CatalogPut: a tool name belongs to another provider
 )
 
 // Sentinel errors returned by Result.Err.
 var (
 	ErrCASMismatch = errors.New("cas mismatch")
 	ErrNotFound    = errors.New("not found")
+	ErrConflict    = errors.New("tool name conflict")
 )
 
 // Err returns nil for a successful result, or an error wrapping
@@ -90,6 +99,8 @@ func (r *Result) Err() error {
 		return fmt.Errorf("%w (current version %d)", ErrCASMismatch, r.Version)
 	case CodeNotFound:
 		return ErrNotFound
+	case CodeConflict:
+		return fmt.Errorf("%w: %d tool(s) kept by another provider", ErrConflict, r.Removed)
 	default:
 		return fmt.Errorf("unknown result code %q", r.Code)
 	}
@@ -97,16 +108,20 @@ func (r *Result) Err() error {
 
 // Counts summarises the size of the replicated state.
 type Counts struct {
-	Nodes, Tools, Assignments, Sessions, CacheEntries int
+	Nodes, Providers, Tools, Assignments, Sessions, CacheEntries int
 	CacheBytes                                        int64
 }
 
 // Deep copies for values handed to callers; stored values are never mutated
 // in place, so these are only needed at the read API boundary.
 
+func (p Provider) clone() Provider {
+	p.Nodes = slices.Clone(p.Nodes)
+	return p
+}
+
 func (t Tool) clone() Tool {
 	t.Spec = bytes.Clone(t.Spec)
-	t.Nodes = slices.Clone(t.Nodes)
 	return t
 }
 
