@@ -65,6 +65,9 @@ func (n *Node) leaderLoop(stop chan struct{}) {
 	r := &reconciler{n: n, unknownSince: make(map[string]time.Time)}
 	ticker := time.NewTicker(n.cfg.ReconcileInterval)
 	defer ticker.Stop()
+	// Provider changes (a node declaring what it can run) need placement now.
+	changes, unsubscribe := n.fsm.Subscribe()
+	defer unsubscribe()
 	for {
 		ctx, cancel := context.WithCancel(context.Background())
 		go func() {
@@ -83,6 +86,7 @@ func (n *Node) leaderLoop(stop chan struct{}) {
 			return
 		case <-ticker.C:
 		case <-n.reconcileCh:
+		case <-changes:
 		}
 	}
 }
@@ -151,7 +155,10 @@ func (r *reconciler) reconcile(ctx context.Context) error {
 	if err := r.pruneDead(inConfig, byID); err != nil {
 		return err
 	}
-	return r.syncRegistry(ctx, byID)
+	if err := r.syncRegistry(ctx, byID); err != nil {
+		return err
+	}
+	return r.place(ctx)
 }
 
 // pruneDead removes voters that have been failed (or unknown to gossip)

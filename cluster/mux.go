@@ -11,8 +11,10 @@ import (
 	"github.com/hashicorp/raft"
 )
 
-// The cluster port carries raft and the node-to-node RPC on one TCP
-// listener; the first byte a dialer writes says which.
+// The cluster port carries raft, the node-to-node RPC and internal HTTP
+// (forwarded tool calls) on one TCP listener; the first byte a dialer
+// writes says which. HTTP needs no marker: its requests start with the
+// method, and only GET and POST are served there.
 const (
 	connRaft byte = 'R'
 	connRPC  byte = 'C'
@@ -30,6 +32,7 @@ type mux struct {
 	advertise net.Addr
 	logger    *slog.Logger
 	raftCh    chan net.Conn
+	httpCh    chan net.Conn
 	rpc       func(net.Conn)
 
 	mu    sync.Mutex
@@ -46,6 +49,7 @@ func newMux(ln net.Listener, advertise net.Addr, logger *slog.Logger, rpc func(n
 		advertise: advertise,
 		logger:    logger,
 		raftCh:    make(chan net.Conn, 16),
+		httpCh:    make(chan net.Conn, 64),
 		rpc:       rpc,
 		conns:     make(map[net.Conn]struct{}),
 		closed:    make(chan struct{}),
@@ -104,6 +108,12 @@ func (m *mux) route(conn net.Conn) {
 		m.rpc(conn)
 		m.untrack(conn)
 		conn.Close()
+	case 'G', 'P':
+		select {
+		case m.httpCh <- &replayConn{trackedConn: trackedConn{Conn: conn, m: m}, first: b[0]}:
+		case <-m.closed:
+			conn.Close()
+		}
 	default:
 		m.logger.Warn("unknown protocol on cluster port, closing connection", "remote", conn.RemoteAddr(), "first_byte", fmt.Sprintf("0x%02x", b[0]))
 		m.untrack(conn)
@@ -150,6 +160,37 @@ func (c trackedConn) Close() error {
 	c.m.untrack(c.Conn)
 	return c.Conn.Close()
 }
+
+// replayConn gives back the byte the mux read to route the connection.
+type replayConn struct {
+	trackedConn
+	first  byte
+	served bool
+}
+
+func (c *replayConn) Read(p []byte) (int, error) {
+	if !c.served && len(p) > 0 {
+		c.served = true
+		p[0] = c.first
+		return 1, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// httpListener is the net.Listener view of the mux's HTTP connections.
+type httpListener struct{ m *mux }
+
+func (l httpListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.m.httpCh:
+		return c, nil
+	case <-l.m.closed:
+		return nil, errMuxClosed
+	}
+}
+
+func (l httpListener) Close() error   { return nil } // the mux owns the socket
+func (l httpListener) Addr() net.Addr { return l.m.advertise }
 
 // raftLayer is the raft.StreamLayer view of the mux.
 type raftLayer struct{ m *mux }

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/rpc"
 	"os"
 	"path/filepath"
@@ -42,6 +43,8 @@ type Node struct {
 	mux       *mux
 	pool      *rpcPool
 	members   *membership.Membership
+
+	internal *http.Server // internal HTTP on the cluster port, once ServeInternal was called
 
 	hadState    bool
 	notifyCh    chan bool
@@ -215,6 +218,24 @@ func resolveNodeID(dataDir, configured string) (string, error) {
 		return "", fmt.Errorf("persist node id: %w", err)
 	}
 	return id, nil
+}
+
+// ServeInternal serves h as HTTP on the cluster port, for node-to-node
+// requests that are not raft or RPC (forwarded tool calls). Call it once,
+// right after New; requests before it are held until it is called.
+func (n *Node) ServeInternal(h http.Handler) {
+	n.internal = &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       5 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(n.logger.Handler(), slog.LevelDebug),
+	}
+	srv := n.internal
+	n.goFunc(func() {
+		if err := srv.Serve(httpListener{m: n.mux}); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, errMuxClosed) {
+			n.logger.Error("internal http server stopped", "error", err)
+		}
+	})
 }
 
 // ID returns the node's stable id.
@@ -413,6 +434,9 @@ func (n *Node) Shutdown() error {
 		}
 		if n.transport != nil {
 			errs = append(errs, n.transport.Close())
+		}
+		if n.internal != nil {
+			n.internal.Close()
 		}
 		if n.mux != nil {
 			n.mux.close()

@@ -1,0 +1,48 @@
+package cluster
+
+import (
+	"slices"
+	"testing"
+
+	"github.com/mcpcluster/mcpcluster/fsm"
+	"github.com/mcpcluster/mcpcluster/membership"
+)
+
+func TestChooseHolders(t *testing.T) {
+	member := func(id string, inflight, capacity int) membership.Member {
+		return membership.Member{Meta: membership.Meta{ID: id, InFlight: inflight, Capacity: capacity}}
+	}
+	eligible := map[string]membership.Member{
+		"a": member("a", 10, 100),
+		"b": member("b", 90, 100),
+		"c": member("c", 0, 100),
+		"d": member("d", 0, 0),
+	}
+	cases := []struct {
+		name    string
+		p       fsm.Provider
+		current []string
+		held    map[string]int
+		want    []string
+	}{
+		{"everywhere takes every eligible capable node", fsm.Provider{Replicas: 0, Nodes: []string{"a", "b", "x"}}, nil, nil, []string{"a", "b"}},
+		{"least loaded first", fsm.Provider{Replicas: 2, Nodes: []string{"a", "b", "c"}}, nil, nil, []string{"c", "a"}},
+		{"ties broken by providers held, then id", fsm.Provider{Replicas: 1, Nodes: []string{"c", "d"}}, nil, map[string]int{"c": 2}, []string{"d"}},
+		{"current holders stay", fsm.Provider{Replicas: 2, Nodes: []string{"a", "b", "c"}}, []string{"b", "a"}, nil, []string{"b", "a"}},
+		{"a failed holder is replaced, the other stays", fsm.Provider{Replicas: 2, Nodes: []string{"a", "b", "c", "x"}}, []string{"x", "b"}, nil, []string{"b", "c"}},
+		{"fewer capable than replicas", fsm.Provider{Replicas: 3, Nodes: []string{"a", "x"}}, nil, nil, []string{"a"}},
+		{"replicas lowered", fsm.Provider{Replicas: 1, Nodes: []string{"a", "b"}}, []string{"b", "a"}, nil, []string{"b"}},
+		{"no capable node", fsm.Provider{Replicas: 1, Nodes: []string{"x"}}, []string{"x"}, nil, nil},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			held := tc.held
+			if held == nil {
+				held = map[string]int{}
+			}
+			if got := chooseHolders(tc.p, tc.current, eligible, held); !slices.Equal(got, tc.want) {
+				t.Fatalf("got %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
