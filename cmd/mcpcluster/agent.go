@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/mcpcluster/mcpcluster/cluster"
+	"github.com/mcpcluster/mcpcluster/mcp"
 	"github.com/mcpcluster/mcpcluster/membership"
 )
 
@@ -22,6 +23,7 @@ type Agent struct {
 	logger *slog.Logger
 
 	node    *cluster.Node
+	mcp     *mcp.Server
 	httpSrv *http.Server
 	httpLn  net.Listener
 
@@ -84,10 +86,23 @@ func NewAgent(cfg AgentConfig, logger *slog.Logger) (*Agent, error) {
 		return nil, fmt.Errorf("start node: %w", err)
 	}
 
+	mc := mcp.DefaultConfig()
+	mc.Cluster = a.node
+	mc.Logger = logger
+	node := a.node
+	mc.Providers = []mcp.ProviderSpec{{Provider: mcp.NewBuiltin(func() any { return node.Status() })}}
+	if a.mcp, err = mcp.New(mc); err != nil {
+		a.node.Shutdown()
+		ln.Close()
+		return nil, fmt.Errorf("start mcp server: %w", err)
+	}
+	a.node.ServeInternal(a.mcp.InternalHandler())
+
 	apiCfg := cluster.DefaultAPIConfig()
 	apiCfg.OnLeave = func() { a.leaveOnce.Do(func() { close(a.left) }) }
 	apiCfg.Logger = logger
 	mux := http.NewServeMux()
+	mux.Handle("/mcp", a.mcp.Handler())
 	mux.Handle("/", cluster.NewAPI(a.node, apiCfg))
 	a.httpSrv = &http.Server{
 		Handler:           mux,
@@ -142,7 +157,7 @@ func (a *Agent) Close() error {
 	if herr != nil {
 		herr = fmt.Errorf("stop http server: %w", herr)
 	}
-	err := errors.Join(herr, a.node.Shutdown())
+	err := errors.Join(herr, a.mcp.Close(), a.node.Shutdown())
 	if a.tempDir != "" {
 		os.RemoveAll(a.tempDir)
 	}

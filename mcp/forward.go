@@ -1,0 +1,272 @@
+package mcp
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	mcplib "github.com/mark3labs/mcp-go/mcp"
+)
+
+// A forwarded call travels as HTTP on the peer's cluster port (never the
+// MCP port): POST internalCallPath with a callRequest body. The holder
+// answers 200 with newline-delimited frames, progress first and one final
+// result or error, or a status before running anything (503: not a holder,
+// 429: full; both safe to send elsewhere). Closing the request cancels the
+// call on the holder.
+const internalCallPath = "/v1/internal/call"
+
+// maxForwardBody bounds a forwarded call's request and result frames.
+const maxForwardBody = 16 << 20
+
+type callRequest struct {
+	Params    json.RawMessage `json:"params"`     // mcp CallToolParams
+	TimeoutMS int64           `json:"timeout_ms"` // the caller's remaining time
+	From      string          `json:"from"`
+}
+
+type callFrame struct {
+	Progress *progressFrame  `json:"progress,omitempty"`
+	Result   json.RawMessage `json:"result,omitempty"`
+	Error    *frameError     `json:"error,omitempty"`
+}
+
+type progressFrame struct {
+	Progress float64 `json:"progress"`
+	Total    float64 `json:"total,omitempty"`
+	Message  string  `json:"message,omitempty"`
+}
+
+type frameError struct {
+	Kind    string `json:"kind"` // errKind*
+	Message string `json:"message"`
+}
+
+const (
+	errKindFailed    = "failed"    // the tool's handler returned an error
+	errKindTimeout   = "timeout"   // the caller's deadline passed on the holder
+	errKindCancelled = "cancelled" // the caller went away
+)
+
+// Errors of routing a call.
+var (
+	ErrUnknownTool = errors.New("unknown tool")
+	ErrNoHolder    = errors.New("no live holder")
+	ErrNotHolder   = errors.New("node does not hold the tool's provider")
+	ErrBusy        = errors.New("holder is busy")
+)
+
+// localRunner runs a call on this node, if this node holds the provider.
+type localRunner interface {
+	runLocal(ctx context.Context, params mcplib.CallToolParams) (*mcplib.CallToolResult, error)
+}
+
+// internalHandler serves forwarded calls on the cluster port.
+type internalHandler struct {
+	node   string
+	run    localRunner
+	logger *slog.Logger
+}
+
+func (h *internalHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost || r.URL.Path != internalCallPath {
+		http.Error(w, "not found", http.StatusNotFound)
+		return
+	}
+	var req callRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxForwardBody)).Decode(&req); err != nil {
+		http.Error(w, "bad forwarded call: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	var params mcplib.CallToolParams
+	if err := json.Unmarshal(req.Params, &params); err != nil {
+		http.Error(w, "bad forwarded call params: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	params.RawArguments = rawArguments(req.Params)
+	ctx := r.Context()
+	if req.TimeoutMS > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, time.Duration(req.TimeoutMS)*time.Millisecond)
+		defer cancel()
+	}
+
+	var (
+		mu      sync.Mutex
+		started bool
+	)
+	enc := json.NewEncoder(w)
+	flusher, _ := w.(http.Flusher)
+	write := func(f callFrame) {
+		mu.Lock()
+		defer mu.Unlock()
+		if !started {
+			w.Header().Set("Content-Type", "application/x-ndjson")
+			w.WriteHeader(http.StatusOK)
+			started = true
+		}
+		if err := enc.Encode(f); err == nil && flusher != nil {
+			flusher.Flush()
+		}
+	}
+	ctx = withProgress(ctx, func(progress, total float64, message string) {
+		write(callFrame{Progress: &progressFrame{Progress: progress, Total: total, Message: message}})
+	})
+	res, err := h.run.runLocal(ctx, params)
+	switch {
+	case errors.Is(err, ErrNotHolder) || errors.Is(err, ErrUnknownTool):
+		mu.Lock()
+		sent := started
+		mu.Unlock()
+		if !sent {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		write(callFrame{Error: &frameError{Kind: errKindFailed, Message: err.Error()}})
+	case errors.Is(err, ErrBusy):
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, err.Error(), http.StatusTooManyRequests)
+	case err != nil && errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil:
+		write(callFrame{Error: &frameError{Kind: errKindTimeout, Message: err.Error()}})
+	case err != nil && r.Context().Err() != nil:
+		write(callFrame{Error: &frameError{Kind: errKindCancelled, Message: err.Error()}})
+	case err != nil:
+		write(callFrame{Error: &frameError{Kind: errKindFailed, Message: err.Error()}})
+	default:
+		b, merr := json.Marshal(res)
+		if merr != nil {
+			write(callFrame{Error: &frameError{Kind: errKindFailed, Message: "encode result: " + merr.Error()}})
+			return
+		}
+		write(callFrame{Result: b})
+	}
+}
+
+// rawArguments returns the "arguments" member of CallToolParams JSON, so
+// large integers keep their precision across the hop.
+func rawArguments(params json.RawMessage) json.RawMessage {
+	var p struct {
+		Arguments json.RawMessage `json:"arguments"`
+	}
+	if json.Unmarshal(params, &p) != nil {
+		return nil
+	}
+	return p.Arguments
+}
+
+// forwarder sends calls to holders over pooled HTTP connections to their
+// cluster ports.
+type forwarder struct {
+	node   string
+	client *http.Client
+}
+
+func newForwarder(node string) *forwarder {
+	tr := &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:        1024,
+		MaxIdleConnsPerHost: 256,
+		IdleConnTimeout:     90 * time.Second,
+		DisableCompression:  true,
+	}
+	return &forwarder{node: node, client: &http.Client{Transport: tr}}
+}
+
+// sendError says whether a failed forward may have run the call.
+type sendError struct {
+	err  error
+	sent bool // the request reached the holder: it may have run
+}
+
+func (e *sendError) Error() string { return e.err.Error() }
+func (e *sendError) Unwrap() error { return e.err }
+
+// call forwards params to the holder at rpcAddr and relays its progress.
+func (f *forwarder) call(ctx context.Context, rpcAddr string, params mcplib.CallToolParams) (*mcplib.CallToolResult, error) {
+	pb, err := json.Marshal(params)
+	if err != nil {
+		return nil, fmt.Errorf("encode call: %w", err)
+	}
+	req := callRequest{Params: pb, From: f.node}
+	if dl, ok := ctx.Deadline(); ok {
+		req.TimeoutMS = max(1, time.Until(dl).Milliseconds())
+	}
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, fmt.Errorf("encode call: %w", err)
+	}
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+rpcAddr+internalCallPath, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	hreq.Header.Set("Content-Type", "application/json")
+	resp, err := f.client.Do(hreq)
+	if err != nil {
+		// A refused or failed dial never reached the holder.
+		var op *net.OpError
+		sent := !(errors.As(err, &op) && op.Op == "dial")
+		return nil, &sendError{err: fmt.Errorf("forward to %s: %w", rpcAddr, err), sent: sent}
+	}
+	defer resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusOK:
+	case http.StatusServiceUnavailable:
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+		return nil, &sendError{err: fmt.Errorf("%w: %s: %s", ErrNotHolder, rpcAddr, bytes.TrimSpace(msg))}
+	case http.StatusTooManyRequests:
+		return nil, &sendError{err: fmt.Errorf("%w: %s", ErrBusy, rpcAddr)}
+	default:
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+		return nil, fmt.Errorf("forward to %s: %s: %s", rpcAddr, resp.Status, bytes.TrimSpace(msg))
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), maxForwardBody)
+	for sc.Scan() {
+		var fr callFrame
+		if err := json.Unmarshal(sc.Bytes(), &fr); err != nil {
+			return nil, &sendError{err: fmt.Errorf("bad frame from %s: %w", rpcAddr, err), sent: true}
+		}
+		switch {
+		case fr.Progress != nil:
+			ReportProgress(ctx, fr.Progress.Progress, fr.Progress.Total, fr.Progress.Message)
+		case fr.Error != nil:
+			return nil, remoteError(fr.Error)
+		case fr.Result != nil:
+			var res mcplib.CallToolResult
+			if err := json.Unmarshal(fr.Result, &res); err != nil {
+				return nil, fmt.Errorf("decode result from %s: %w", rpcAddr, err)
+			}
+			return &res, nil
+		}
+	}
+	err = sc.Err()
+	if err == nil {
+		err = io.ErrUnexpectedEOF
+	}
+	if ctx.Err() != nil {
+		err = ctx.Err()
+	}
+	return nil, &sendError{err: fmt.Errorf("forward to %s: %w", rpcAddr, err), sent: true}
+}
+
+func remoteError(e *frameError) error {
+	switch e.Kind {
+	case errKindTimeout:
+		return fmt.Errorf("%w (on the holder): %s", context.DeadlineExceeded, e.Message)
+	case errKindCancelled:
+		return fmt.Errorf("%w (on the holder): %s", context.Canceled, e.Message)
+	default:
+		return errors.New(e.Message)
+	}
+}
+
+func (f *forwarder) close() { f.client.CloseIdleConnections() }

@@ -1,0 +1,154 @@
+package mcp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	mcplib "github.com/mark3labs/mcp-go/mcp"
+	"github.com/mark3labs/mcp-go/server"
+	"github.com/mcpcluster/mcpcluster/membership"
+)
+
+// router runs every tools/call of this node's MCP clients: here when this
+// node runs the tool's provider, else on a holder chosen by load.
+type router struct{ s *Server }
+
+// holderWait is how often a call with no reachable holder looks again
+// (a holder may be reassigned while the call waits, within its deadline).
+const holderWait = 50 * time.Millisecond
+
+// handle is the mcp-go handler of every catalog tool.
+func (r *router) handle(ctx context.Context, req mcplib.CallToolRequest) (*mcplib.CallToolResult, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.s.cfg.CallTimeout)
+	defer cancel()
+	if req.Params.Meta != nil && req.Params.Meta.ProgressToken != nil {
+		ctx = withProgress(ctx, clientProgress(ctx, req.Params.Meta.ProgressToken))
+	}
+	res, err := r.route(ctx, req.Params)
+	if err != nil && ctx.Err() == context.DeadlineExceeded {
+		return nil, fmt.Errorf("tool %q timed out after %s: %w", req.Params.Name, r.s.cfg.CallTimeout, err)
+	}
+	return res, err
+}
+
+// clientProgress sends progress to this node's MCP client.
+func clientProgress(ctx context.Context, token mcplib.ProgressToken) ProgressFunc {
+	srv := server.ServerFromContext(ctx)
+	return func(progress, total float64, message string) {
+		if srv == nil {
+			return
+		}
+		params := map[string]any{"progressToken": token, "progress": progress}
+		if total > 0 {
+			params["total"] = total
+		}
+		if message != "" {
+			params["message"] = message
+		}
+		_ = srv.SendNotificationToClient(ctx, "notifications/progress", params)
+	}
+}
+
+// route runs the call here or on a holder. A holder that cannot be reached
+// is skipped at once; one that may have run the call is retried elsewhere
+// only when the tool is read-only or idempotent. With no holder left, the
+// call waits for the leader to reassign, until its deadline.
+func (r *router) route(ctx context.Context, params mcplib.CallToolParams) (*mcplib.CallToolResult, error) {
+	s := r.s
+	ct, ok := s.cfg.Cluster.FSM().Tool(params.Name)
+	if !ok {
+		return nil, fmt.Errorf("%w: %s", ErrUnknownTool, params.Name)
+	}
+	if s.assigned(ct.Provider) {
+		res, err := s.runLocal(ctx, params)
+		if !errors.Is(err, ErrNotHolder) {
+			return res, err
+		}
+	}
+	repeatable := false
+	if t, err := toolFromJSON(ct.Spec); err == nil {
+		repeatable = safeToRepeat(t)
+	}
+	tried := map[string]bool{}
+	var lastErr error
+	for {
+		candidates := r.holders(ct.Provider, tried)
+		if len(candidates) == 0 {
+			if lastErr == nil {
+				lastErr = fmt.Errorf("%w for provider %q of tool %q", ErrNoHolder, ct.Provider, params.Name)
+			}
+			select {
+			case <-ctx.Done():
+				return nil, fmt.Errorf("%w (last error: %v)", ctx.Err(), lastErr)
+			case <-time.After(holderWait):
+			}
+			if s.assigned(ct.Provider) {
+				return s.runLocal(ctx, params)
+			}
+			continue
+		}
+		m := candidates[0]
+		tried[m.ID] = true
+		res, err := s.fwd.call(ctx, m.RPCAddr, params)
+		if err == nil {
+			return res, nil
+		}
+		lastErr = err
+		var se *sendError
+		switch {
+		case ctx.Err() != nil:
+			return nil, err
+		case errors.As(err, &se) && !se.sent:
+			s.logger.Debug("holder unreachable, trying another", "holder", m.ID, "tool", params.Name, "error", err)
+		case errors.As(err, &se) && repeatable:
+			s.logger.Debug("holder failed mid-call, repeating elsewhere (tool is safe to repeat)", "holder", m.ID, "tool", params.Name, "error", err)
+		default:
+			return nil, err
+		}
+	}
+}
+
+// holders returns the provider's live holders other than this node and
+// not yet tried, best first: the less loaded of two random picks leads
+// (power of two choices), the rest follow.
+func (r *router) holders(provider string, tried map[string]bool) []membership.Member {
+	s := r.s
+	a, ok := s.cfg.Cluster.FSM().Assignment(provider)
+	if !ok {
+		return nil
+	}
+	live := map[string]membership.Member{}
+	for _, m := range s.cfg.Cluster.Members() {
+		if m.State == membership.StateAlive && m.Status != membership.StatusStopping && m.RPCAddr != "" {
+			live[m.ID] = m
+		}
+	}
+	var out []membership.Member
+	for _, id := range a.Holders {
+		if m, ok := live[id]; ok && id != s.node && !tried[id] {
+			out = append(out, m)
+		}
+	}
+	if len(out) >= 2 {
+		i, j := rand.IntN(len(out)), rand.IntN(len(out)-1)
+		if j >= i {
+			j++
+		}
+		if load(out[j]) < load(out[i]) {
+			i = j
+		}
+		out[0], out[i] = out[i], out[0]
+	}
+	return out
+}
+
+// load is a member's gossiped in-flight calls relative to its capacity.
+func load(m membership.Member) float64 {
+	if m.Capacity <= 0 {
+		return float64(m.InFlight)
+	}
+	return float64(m.InFlight) / float64(m.Capacity)
+}

@@ -1,0 +1,436 @@
+package mcp
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	mcplib "github.com/mark3labs/mcp-go/mcp"
+	"github.com/mark3labs/mcp-go/server"
+	"github.com/mcpcluster/mcpcluster/cluster"
+	"github.com/mcpcluster/mcpcluster/fsm"
+	"github.com/mcpcluster/mcpcluster/membership"
+)
+
+// Cluster is what the MCP front door needs from its node.
+type Cluster interface {
+	ID() string
+	FSM() *fsm.FSM
+	Apply(ctx context.Context, cmd *fsm.Command) (*fsm.Result, error)
+	ReadBarrier(ctx context.Context, level cluster.Consistency) (cluster.ReadInfo, error)
+	Members() []membership.Member
+}
+
+// Version is reported to MCP clients as the server version.
+var Version = "0.1.0"
+
+// Config configures the MCP front door of one node.
+type Config struct {
+	Cluster   Cluster
+	Providers []ProviderSpec
+	Logger    *slog.Logger
+	// SessionIdleTTL expires sessions not used for this long.
+	SessionIdleTTL time.Duration
+	// MaxBodyBytes bounds a request body (mcp-go reads bodies without a cap).
+	MaxBodyBytes int64
+	// CallTimeout bounds a tools/call, forwarding included.
+	CallTimeout time.Duration
+	// Tokens maps bearer tokens to principals; empty disables auth.
+	Tokens map[string]string
+	// SyncInterval is how often providers and the catalog are reconciled
+	// besides on every replicated change.
+	SyncInterval time.Duration
+}
+
+// DefaultConfig returns the defaults; Cluster must be set.
+func DefaultConfig() Config {
+	return Config{
+		SessionIdleTTL: 30 * time.Minute,
+		MaxBodyBytes:   1 << 20,
+		CallTimeout:    5 * time.Second,
+		SyncInterval:   2 * time.Second,
+	}
+}
+
+// Server is a node's MCP front door.
+type Server struct {
+	cfg      Config
+	node     string
+	logger   *slog.Logger
+	mcp      *server.MCPServer
+	http     *server.StreamableHTTPServer
+	sessions *sessionStore
+	fwd      *forwarder
+	local    map[string]*localProvider
+	router   *router
+
+	mu         sync.Mutex
+	registered map[string]string // tool name → spec registered with mcp-go
+
+	stop chan struct{}
+	done chan struct{}
+}
+
+// localProvider is a provider this node can run, and whether it runs now.
+type localProvider struct {
+	spec    ProviderSpec
+	mu      sync.Mutex
+	running bool
+	tools   map[string]bool
+}
+
+// New builds the MCP front door and starts keeping its catalog in sync.
+func New(cfg Config) (*Server, error) {
+	if cfg.Cluster == nil {
+		return nil, errors.New("mcp: no cluster")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	def := DefaultConfig()
+	if cfg.MaxBodyBytes <= 0 {
+		cfg.MaxBodyBytes = def.MaxBodyBytes
+	}
+	if cfg.CallTimeout <= 0 {
+		cfg.CallTimeout = def.CallTimeout
+	}
+	if cfg.SyncInterval <= 0 {
+		cfg.SyncInterval = def.SyncInterval
+	}
+	s := &Server{
+		cfg:        cfg,
+		node:       cfg.Cluster.ID(),
+		logger:     cfg.Logger.With("component", "mcp"),
+		local:      map[string]*localProvider{},
+		registered: map[string]string{},
+		stop:       make(chan struct{}),
+		done:       make(chan struct{}),
+	}
+	for _, p := range cfg.Providers {
+		if p.Provider == nil || p.Name() == "" {
+			return nil, errors.New("mcp: provider without a name")
+		}
+		if _, dup := s.local[p.Name()]; dup {
+			return nil, fmt.Errorf("mcp: provider %q declared twice", p.Name())
+		}
+		if p.Replicas < 0 {
+			return nil, fmt.Errorf("mcp: provider %q: replicas must be >= 0", p.Name())
+		}
+		s.local[p.Name()] = &localProvider{spec: p}
+	}
+	s.fwd = newForwarder(s.node)
+	s.router = &router{s: s}
+	s.sessions = newSessionStore(cfg.Cluster, cfg.SessionIdleTTL, s.logger)
+	s.mcp = server.NewMCPServer("mcpcluster", Version,
+		server.WithToolCapabilities(true),
+		server.WithRecovery(),
+	)
+	s.http = server.NewStreamableHTTPServer(s.mcp,
+		server.WithEndpointPath("/mcp"),
+		server.WithSessionIdManagerResolver(s.sessions),
+		server.WithSessionIdleTTL(cfg.SessionIdleTTL),
+		server.WithStreamableHTTPLogger(s.logger),
+	)
+	go s.syncLoop()
+	return s, nil
+}
+
+// Handler serves MCP at /mcp: auth, the body limit, then mcp-go.
+func (s *Server) Handler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if len(s.cfg.Tokens) > 0 {
+			tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+			principal, known := s.cfg.Tokens[tok]
+			if !ok || !known {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="mcpcluster"`)
+				http.Error(w, "missing or unknown bearer token", http.StatusUnauthorized)
+				return
+			}
+			r = r.WithContext(withPrincipal(r.Context(), principal))
+		}
+		if r.Body != nil && r.Method == http.MethodPost {
+			body, err := io.ReadAll(io.LimitReader(r.Body, s.cfg.MaxBodyBytes+1))
+			if err != nil {
+				writeJSONRPCError(w, http.StatusBadRequest, mcplib.INVALID_REQUEST, "read body: "+err.Error())
+				return
+			}
+			if int64(len(body)) > s.cfg.MaxBodyBytes {
+				writeJSONRPCError(w, http.StatusRequestEntityTooLarge, mcplib.INVALID_REQUEST,
+					fmt.Sprintf("request body exceeds the limit of %d bytes", s.cfg.MaxBodyBytes))
+				return
+			}
+			r.Body = io.NopCloser(bytes.NewReader(body))
+			r.ContentLength = int64(len(body))
+			if isModern(r) && r.Header.Get("Mcp-Method") == "notifications/cancelled" {
+				// 2026-07-28 requests share one session, so mcp-go would match
+				// the cancellation by JSON-RPC id alone and could cancel
+				// another client's call. A modern client cancels by closing
+				// its request, which cancels the call here and on the holder.
+				w.WriteHeader(http.StatusAccepted)
+				return
+			}
+		}
+		s.http.ServeHTTP(w, r)
+	})
+}
+
+// isModern reports whether r speaks protocol 2026-07-28 or later
+// (stateless: no initialize, no session).
+func isModern(r *http.Request) bool {
+	v := r.Header.Get("Mcp-Protocol-Version")
+	return v >= mcplib.ProtocolVersion20260728
+}
+
+func writeJSONRPCError(w http.ResponseWriter, status, code int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	fmt.Fprintf(w, `{"jsonrpc":"2.0","id":null,"error":{"code":%d,"message":%q}}`+"\n", code, msg)
+}
+
+// InternalHandler serves forwarded calls; mount it on the cluster port only.
+func (s *Server) InternalHandler() http.Handler {
+	return &internalHandler{node: s.node, run: s, logger: s.logger}
+}
+
+// Close stops the sync loop and every running provider.
+func (s *Server) Close() error {
+	select {
+	case <-s.stop:
+		return nil
+	default:
+	}
+	close(s.stop)
+	<-s.done
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = s.http.Shutdown(ctx)
+	s.fwd.close()
+	var errs []error
+	for _, lp := range s.local {
+		lp.mu.Lock()
+		if lp.running {
+			errs = append(errs, lp.spec.Close())
+			lp.running = false
+		}
+		lp.mu.Unlock()
+	}
+	return errors.Join(errs...)
+}
+
+// syncLoop keeps this node's side of the catalog in step with the
+// replicated state: it declares the providers it can run, runs those
+// assigned to it, publishes their tools, and registers every cluster tool
+// with mcp-go (which notifies clients when the list changes).
+func (s *Server) syncLoop() {
+	defer close(s.done)
+	changes, unsubscribe := s.cfg.Cluster.FSM().Subscribe()
+	defer unsubscribe()
+	ticker := time.NewTicker(s.cfg.SyncInterval)
+	defer ticker.Stop()
+	declared := false
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		go func() {
+			select {
+			case <-s.stop:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		if !declared {
+			if err := s.declare(ctx); err != nil {
+				s.logger.Debug("providers not declared yet", "error", err)
+			} else {
+				declared = true
+			}
+		}
+		s.syncProviders(ctx)
+		s.syncTools()
+		s.sessions.forget()
+		cancel()
+		select {
+		case <-s.stop:
+			return
+		case <-changes:
+		case <-ticker.C:
+		}
+	}
+}
+
+// declare tells the cluster which providers this node can run.
+func (s *Server) declare(ctx context.Context) error {
+	provs := make([]fsm.Provider, 0, len(s.local))
+	for name, lp := range s.local {
+		provs = append(provs, fsm.Provider{Name: name, Replicas: lp.spec.Replicas, CacheTTL: int64(lp.spec.CacheTTL)})
+	}
+	_, err := s.cfg.Cluster.Apply(ctx, &fsm.Command{Type: fsm.TypeProviders, NodeID: s.node, Providers: provs})
+	return err
+}
+
+// assigned reports whether this node should run provider name now.
+func (s *Server) assigned(name string) bool {
+	lp, ok := s.local[name]
+	if !ok {
+		return false
+	}
+	if lp.spec.Replicas == 0 {
+		return true
+	}
+	a, ok := s.cfg.Cluster.FSM().Assignment(name)
+	return ok && containsString(a.Holders, s.node)
+}
+
+// syncProviders starts the providers assigned here, stops the others, and
+// publishes the tools of those running.
+func (s *Server) syncProviders(ctx context.Context) {
+	f := s.cfg.Cluster.FSM()
+	for name, lp := range s.local {
+		want := s.assigned(name)
+		lp.mu.Lock()
+		switch {
+		case want && !lp.running:
+			if err := lp.spec.Start(ctx); err != nil {
+				s.logger.Warn("provider failed to start", "provider", name, "error", err)
+				lp.mu.Unlock()
+				continue
+			}
+			lp.running = true
+			s.logger.Info("provider running here", "provider", name)
+		case !want && lp.running && lp.spec.Replicas > 0:
+			if err := lp.spec.Close(); err != nil {
+				s.logger.Warn("provider failed to stop", "provider", name, "error", err)
+			}
+			lp.running, lp.tools = false, nil
+			s.logger.Info("provider no longer assigned here, stopped", "provider", name)
+		}
+		running := lp.running
+		lp.mu.Unlock()
+		if !running {
+			continue
+		}
+		if _, ok := f.Provider(name); !ok {
+			continue // not declared yet
+		}
+		tools, err := lp.spec.Tools(ctx)
+		if err != nil {
+			s.logger.Warn("provider failed to list tools", "provider", name, "error", err)
+			continue
+		}
+		if err := s.publish(ctx, name, tools, lp); err != nil {
+			s.logger.Warn("publishing tools failed", "provider", name, "error", err)
+		}
+	}
+}
+
+// publish replicates a provider's tool list when it differs from the catalog.
+func (s *Server) publish(ctx context.Context, provider string, tools []mcplib.Tool, lp *localProvider) error {
+	have := map[string]string{}
+	for _, t := range s.cfg.Cluster.FSM().Tools() {
+		if t.Provider == provider {
+			have[t.Name] = string(t.Spec)
+		}
+	}
+	names := make(map[string]bool, len(tools))
+	var out []fsm.Tool
+	same := len(have) == len(tools)
+	for _, t := range tools {
+		spec, err := toolJSON(t)
+		if err != nil {
+			return err
+		}
+		names[t.Name] = true
+		out = append(out, fsm.Tool{Name: t.Name, Spec: spec})
+		if have[t.Name] != string(spec) { // both sides are json.Marshal output
+			same = false
+		}
+	}
+	lp.mu.Lock()
+	lp.tools = names
+	lp.mu.Unlock()
+	if same {
+		return nil
+	}
+	res, err := s.cfg.Cluster.Apply(ctx, &fsm.Command{Type: fsm.TypeCatalogPut, Provider: provider, Tools: out})
+	if err != nil {
+		return err
+	}
+	if err := res.Err(); err != nil {
+		s.logger.Warn("some tools not published", "provider", provider, "error", err)
+	}
+	return nil
+}
+
+// syncTools registers every catalog tool with mcp-go and removes the rest.
+func (s *Server) syncTools() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	catalog := s.cfg.Cluster.FSM().Tools()
+	var add []server.ServerTool
+	seen := make(map[string]bool, len(catalog))
+	for _, ct := range catalog {
+		seen[ct.Name] = true
+		if s.registered[ct.Name] == string(ct.Spec) {
+			continue
+		}
+		t, err := toolFromJSON(ct.Spec)
+		if err != nil {
+			s.logger.Warn("catalog tool not usable", "tool", ct.Name, "error", err)
+			continue
+		}
+		t.Name = ct.Name
+		add = append(add, server.ServerTool{Tool: t, Handler: s.router.handle})
+		s.registered[ct.Name] = string(ct.Spec)
+	}
+	var del []string
+	for name := range s.registered {
+		if !seen[name] {
+			del = append(del, name)
+			delete(s.registered, name)
+		}
+	}
+	if len(add) > 0 {
+		s.mcp.AddTools(add...)
+	}
+	if len(del) > 0 {
+		s.mcp.DeleteTools(del...)
+	}
+}
+
+// runLocal runs a call here if this node runs the tool's provider.
+func (s *Server) runLocal(ctx context.Context, params mcplib.CallToolParams) (*mcplib.CallToolResult, error) {
+	ct, ok := s.cfg.Cluster.FSM().Tool(params.Name)
+	if !ok {
+		return nil, fmt.Errorf("%w: %s", ErrUnknownTool, params.Name)
+	}
+	lp, ok := s.local[ct.Provider]
+	if !ok {
+		return nil, fmt.Errorf("%w: %s", ErrNotHolder, ct.Provider)
+	}
+	lp.mu.Lock()
+	running := lp.running
+	lp.mu.Unlock()
+	if !running {
+		return nil, fmt.Errorf("%w: %s is not running here", ErrNotHolder, ct.Provider)
+	}
+	res, err := lp.spec.Call(ctx, mcplib.CallToolRequest{Request: mcplib.Request{Method: string(mcplib.MethodToolsCall)}, Params: params})
+	if err != nil || res == nil {
+		return res, err
+	}
+	return ranOn(res, s.node), nil
+}
+
+func containsString(s []string, v string) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
