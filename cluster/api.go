@@ -111,6 +111,7 @@ func NewAPI(n *Node, cfg APIConfig) *API {
 	a.mux.HandleFunc("GET /readyz", a.readyz)
 	a.mux.HandleFunc("GET /v1/status", a.status)
 	a.mux.HandleFunc("GET /v1/fsm/hash", a.hash)
+	a.mux.HandleFunc("GET /v1/catalog", a.catalog)
 	a.mux.HandleFunc("GET /v1/cache/{key...}", a.cacheGet)
 	a.mux.HandleFunc("PUT /v1/cache/{key...}", a.cacheSet)
 	a.mux.HandleFunc("DELETE /v1/cache/{key...}", a.cacheDelete)
@@ -153,6 +154,48 @@ func (a *API) hash(w http.ResponseWriter, _ *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"hash": h, "applied_index": a.n.raft.AppliedIndex(), "fsm_index": a.n.fsm.LastIndex()})
+}
+
+// Catalog is what /v1/catalog reports: every tool with its provider,
+// placement and current holders.
+type Catalog struct {
+	Tools     []CatalogTool  `json:"tools"`
+	Providers []fsm.Provider `json:"providers"`
+}
+
+// CatalogTool is one tool of the catalog.
+type CatalogTool struct {
+	Name     string   `json:"name"`
+	Provider string   `json:"provider"`
+	Replicas int      `json:"replicas"` // 0: everywhere
+	Holders  []string `json:"holders"`
+}
+
+func (a *API) catalog(w http.ResponseWriter, r *http.Request) {
+	level, err := ParseConsistency(r.URL.Query().Get("consistency"))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	info, err := a.n.ReadBarrier(r.Context(), level)
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, err)
+		return
+	}
+	setReadHeaders(w, info)
+	f := a.n.fsm
+	c := Catalog{Providers: f.Providers(), Tools: []CatalogTool{}}
+	for _, t := range f.Tools() {
+		ct := CatalogTool{Name: t.Name, Provider: t.Provider, Holders: []string{}}
+		if p, ok := f.Provider(t.Provider); ok {
+			ct.Replicas = p.Replicas
+		}
+		if as, ok := f.Assignment(t.Provider); ok && as.Holders != nil {
+			ct.Holders = as.Holders
+		}
+		c.Tools = append(c.Tools, ct)
+	}
+	writeJSON(w, http.StatusOK, c)
 }
 
 func (a *API) key(w http.ResponseWriter, r *http.Request) (string, bool) {

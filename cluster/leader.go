@@ -61,6 +61,11 @@ func (n *Node) leaderLoop(stop chan struct{}) {
 	}
 	n.leaderReady.Store(true)
 	defer n.leaderReady.Store(false)
+	defer func() {
+		n.unreachMu.Lock()
+		clear(n.unreachable)
+		n.unreachMu.Unlock()
+	}()
 
 	r := &reconciler{n: n, unknownSince: make(map[string]time.Time)}
 	ticker := time.NewTicker(n.cfg.ReconcileInterval)

@@ -46,6 +46,11 @@ type Node struct {
 
 	internal *http.Server // internal HTTP on the cluster port, once ServeInternal was called
 
+	// unreachable holds nodes the leader confirmed refusing connections,
+	// left out of placement until a dial succeeds again.
+	unreachMu   sync.Mutex
+	unreachable map[string]bool
+
 	hadState    bool
 	notifyCh    chan bool
 	reconcileCh chan struct{}
@@ -70,6 +75,7 @@ func New(cfg Config) (_ *Node, err error) {
 		notifyCh:    make(chan bool, 16),
 		reconcileCh: make(chan struct{}, 1),
 		bootstrapCh: make(chan struct{}, 1),
+		unreachable: make(map[string]bool),
 		shutdownCh:  make(chan struct{}),
 	}
 	// Undo whatever was started if a later step fails.
@@ -358,6 +364,80 @@ func kick(ch chan struct{}) {
 	case ch <- struct{}{}:
 	default:
 	}
+}
+
+// ReportUnreachable tells the leader that node id refused a connection
+// from this node (a forwarded call could not be sent). The leader checks
+// it and moves the node's providers without waiting for gossip to declare
+// it failed. Best effort: it returns at once and never fails the caller.
+func (n *Node) ReportUnreachable(id string) {
+	if n.IsLeader() {
+		go n.suspect(id, n.id)
+		return
+	}
+	_, addr := n.Leader()
+	if addr == "" {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		var reply UnreachableReply
+		if err := n.pool.call(ctx, addr, "Unreachable", UnreachableArgs{ID: id, From: n.id}, &reply); err != nil {
+			n.logger.Debug("unreachable report not delivered", "peer", id, "error", err)
+		}
+	}()
+}
+
+// probeTimeout bounds the leader's check of a node reported unreachable.
+const probeTimeout = 500 * time.Millisecond
+
+// suspect runs on the leader: it dials the reported node's cluster port and
+// marks the node unreachable if that fails too.
+func (n *Node) suspect(id, from string) {
+	m, ok := n.members.Member(id)
+	if !ok || m.RPCAddr == "" || id == n.id {
+		return
+	}
+	n.unreachMu.Lock()
+	already := n.unreachable[id]
+	n.unreachMu.Unlock()
+	if already || reachable(m.RPCAddr) {
+		return
+	}
+	n.unreachMu.Lock()
+	n.unreachable[id] = true
+	n.unreachMu.Unlock()
+	n.logger.Warn("node refuses connections; moving its providers", "peer", id, "reported_by", from)
+	kick(n.reconcileCh)
+}
+
+// isUnreachable reports a confirmed unreachable node, clearing the mark
+// once the node answers a dial again.
+func (n *Node) isUnreachable(id, rpcAddr string) bool {
+	n.unreachMu.Lock()
+	marked := n.unreachable[id]
+	n.unreachMu.Unlock()
+	if !marked {
+		return false
+	}
+	if reachable(rpcAddr) {
+		n.unreachMu.Lock()
+		delete(n.unreachable, id)
+		n.unreachMu.Unlock()
+		n.logger.Info("node reachable again", "peer", id)
+		return false
+	}
+	return true
+}
+
+func reachable(addr string) bool {
+	conn, err := net.DialTimeout("tcp", addr, probeTimeout)
+	if err != nil {
+		return false
+	}
+	conn.Close()
+	return true
 }
 
 // Leave removes the node from the cluster gracefully: it hands leadership

@@ -21,7 +21,7 @@ func (r *reconciler) place(ctx context.Context) error {
 	members := n.members.Members()
 	eligible := make(map[string]membership.Member, len(members))
 	for _, m := range members {
-		if m.State == membership.StateAlive && m.Status == membership.StatusRunning {
+		if m.State == membership.StateAlive && m.Status == membership.StatusRunning && !n.isUnreachable(m.ID, m.RPCAddr) {
 			eligible[m.ID] = m
 		}
 	}

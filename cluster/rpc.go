@@ -46,6 +46,12 @@ type RemovePeerArgs struct{ ID string }
 // RemovePeerReply is the leader's answer to RemovePeerArgs.
 type RemovePeerReply struct{ NotLeader bool }
 
+// UnreachableArgs reports that a node refused a connection.
+type UnreachableArgs struct{ ID, From string }
+
+// UnreachableReply is the leader's answer to UnreachableArgs.
+type UnreachableReply struct{ NotLeader bool }
+
 // rpcService is the node-to-node RPC surface, registered as "Cluster".
 type rpcService struct{ n *Node }
 
@@ -105,6 +111,17 @@ func (s *rpcService) RemovePeer(args RemovePeerArgs, reply *RemovePeerReply) err
 		return fmt.Errorf("remove server %s: %w", args.ID, err)
 	}
 	s.n.logger.Info("removed server on its request", "id", args.ID)
+	return nil
+}
+
+// Unreachable takes a report that a node refused a connection; the leader
+// checks it and, if confirmed, stops placing providers there at once.
+func (s *rpcService) Unreachable(args UnreachableArgs, reply *UnreachableReply) error {
+	if s.n.raft.State() != raft.Leader {
+		reply.NotLeader = true
+		return nil
+	}
+	s.n.suspect(args.ID, args.From)
 	return nil
 }
 

@@ -18,6 +18,7 @@ const BuiltinName = "builtin"
 // builtin is the provider of the built-in tools: deterministic ones for
 // demos, tests and benchmarks, and a read-only view of the cluster.
 type builtin struct {
+	name     string
 	tools    []mcplib.Tool
 	handlers map[string]server.ToolHandlerFunc
 }
@@ -25,23 +26,44 @@ type builtin struct {
 // StatusFunc returns the node's view of the cluster for cluster_status.
 type StatusFunc func() any
 
-// NewBuiltin returns the built-in provider. status feeds cluster_status.
-func NewBuiltin(status StatusFunc) Provider {
-	b := &builtin{handlers: map[string]server.ToolHandlerFunc{}}
-	for _, mk := range []func() (mcplib.Tool, server.ToolHandlerFunc){
-		echoTool(),
-		sleepTool(),
-		sha256Tool(),
-		clusterStatusTool(status),
-	} {
-		t, h := mk()
-		b.tools = append(b.tools, t)
-		b.handlers[t.Name] = h
+// NewBuiltin returns a provider of the built-in tools under the given
+// provider name. status feeds cluster_status; nil leaves that tool out.
+func NewBuiltin(name string, status StatusFunc) Provider {
+	b := &builtin{name: name, handlers: map[string]server.ToolHandlerFunc{}}
+	for _, st := range BuiltinTools(status) {
+		b.tools = append(b.tools, st.Tool)
+		b.handlers[st.Tool.Name] = st.Handler
 	}
 	return b
 }
 
-func (b *builtin) Name() string                                 { return BuiltinName }
+// BuiltinTools returns the built-in tools with their handlers: echo, sleep
+// (with progress), sha256 and, when status is set, cluster_status.
+func BuiltinTools(status StatusFunc) []server.ServerTool {
+	mks := []func() (mcplib.Tool, server.ToolHandlerFunc){echoTool(), sleepTool(), sha256Tool()}
+	if status != nil {
+		mks = append(mks, clusterStatusTool(status))
+	}
+	out := make([]server.ServerTool, 0, len(mks))
+	for _, mk := range mks {
+		t, h := mk()
+		out = append(out, server.ServerTool{Tool: t, Handler: withClientProgress(h)})
+	}
+	return out
+}
+
+// withClientProgress lets a built-in tool served by a plain mcp-go server
+// (no mcpcluster routing around it) report progress to its client.
+func withClientProgress(h server.ToolHandlerFunc) server.ToolHandlerFunc {
+	return func(ctx context.Context, req mcplib.CallToolRequest) (*mcplib.CallToolResult, error) {
+		if _, ok := ctx.Value(progressKey{}).(ProgressFunc); !ok && req.Params.Meta != nil && req.Params.Meta.ProgressToken != nil {
+			ctx = withProgress(ctx, clientProgress(ctx, req.Params.Meta.ProgressToken))
+		}
+		return h(ctx, req)
+	}
+}
+
+func (b *builtin) Name() string                                 { return b.name }
 func (b *builtin) Start(context.Context) error                  { return nil }
 func (b *builtin) Close() error                                 { return nil }
 func (b *builtin) Tools(context.Context) ([]mcplib.Tool, error) { return b.tools, nil }

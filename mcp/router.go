@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	mcplib "github.com/mark3labs/mcp-go/mcp"
@@ -14,7 +15,30 @@ import (
 
 // router runs every tools/call of this node's MCP clients: here when this
 // node runs the tool's provider, else on a holder chosen by load.
-type router struct{ s *Server }
+type router struct {
+	s *Server
+
+	mu       sync.Mutex
+	reported map[string]time.Time // holder → when this node last reported it unreachable
+}
+
+// reportUnreachable tells the leader about a holder that refused a
+// connection, at most once a second per holder.
+func (r *router) reportUnreachable(id string) {
+	now := time.Now()
+	r.mu.Lock()
+	due := now.Sub(r.reported[id]) >= time.Second
+	if due {
+		if r.reported == nil {
+			r.reported = map[string]time.Time{}
+		}
+		r.reported[id] = now
+	}
+	r.mu.Unlock()
+	if due {
+		r.s.cfg.Cluster.ReportUnreachable(id)
+	}
+}
 
 // holderWait is how often a call with no reachable holder looks again
 // (a holder may be reassigned while the call waits, within its deadline).
@@ -72,10 +96,12 @@ func (r *router) route(ctx context.Context, params mcplib.CallToolParams) (*mcpl
 	if t, err := toolFromJSON(ct.Spec); err == nil {
 		repeatable = safeToRepeat(t)
 	}
-	tried := map[string]bool{}
+	// sent: holders that may have run the call (never sent it again);
+	// skip: holders that could not take it, until the next wait.
+	sent, skip := map[string]bool{}, map[string]bool{}
 	var lastErr error
 	for {
-		candidates := r.holders(ct.Provider, tried)
+		candidates := r.holders(ct.Provider, sent, skip)
 		if len(candidates) == 0 {
 			if lastErr == nil {
 				lastErr = fmt.Errorf("%w for provider %q of tool %q", ErrNoHolder, ct.Provider, params.Name)
@@ -85,13 +111,16 @@ func (r *router) route(ctx context.Context, params mcplib.CallToolParams) (*mcpl
 				return nil, fmt.Errorf("%w (last error: %v)", ctx.Err(), lastErr)
 			case <-time.After(holderWait):
 			}
+			clear(skip)
 			if s.assigned(ct.Provider) {
-				return s.runLocal(ctx, params)
+				res, err := s.runLocal(ctx, params)
+				if !errors.Is(err, ErrNotHolder) {
+					return res, err
+				}
 			}
 			continue
 		}
 		m := candidates[0]
-		tried[m.ID] = true
 		res, err := s.fwd.call(ctx, m.RPCAddr, params)
 		if err == nil {
 			return res, nil
@@ -102,8 +131,13 @@ func (r *router) route(ctx context.Context, params mcplib.CallToolParams) (*mcpl
 		case ctx.Err() != nil:
 			return nil, err
 		case errors.As(err, &se) && !se.sent:
-			s.logger.Debug("holder unreachable, trying another", "holder", m.ID, "tool", params.Name, "error", err)
+			skip[m.ID] = true
+			s.logger.Debug("holder could not take the call, trying another", "holder", m.ID, "tool", params.Name, "error", err)
+			if !errors.Is(err, ErrNotHolder) && !errors.Is(err, ErrBusy) {
+				r.reportUnreachable(m.ID)
+			}
 		case errors.As(err, &se) && repeatable:
+			sent[m.ID] = true
 			s.logger.Debug("holder failed mid-call, repeating elsewhere (tool is safe to repeat)", "holder", m.ID, "tool", params.Name, "error", err)
 		default:
 			return nil, err
@@ -111,10 +145,10 @@ func (r *router) route(ctx context.Context, params mcplib.CallToolParams) (*mcpl
 	}
 }
 
-// holders returns the provider's live holders other than this node and
-// not yet tried, best first: the less loaded of two random picks leads
+// holders returns the provider's live holders other than this node, minus
+// sent and skip, best first: the less loaded of two random picks leads
 // (power of two choices), the rest follow.
-func (r *router) holders(provider string, tried map[string]bool) []membership.Member {
+func (r *router) holders(provider string, sent, skip map[string]bool) []membership.Member {
 	s := r.s
 	a, ok := s.cfg.Cluster.FSM().Assignment(provider)
 	if !ok {
@@ -128,7 +162,7 @@ func (r *router) holders(provider string, tried map[string]bool) []membership.Me
 	}
 	var out []membership.Member
 	for _, id := range a.Holders {
-		if m, ok := live[id]; ok && id != s.node && !tried[id] {
+		if m, ok := live[id]; ok && id != s.node && !sent[id] && !skip[id] {
 			out = append(out, m)
 		}
 	}

@@ -26,6 +26,8 @@ type Cluster interface {
 	Apply(ctx context.Context, cmd *fsm.Command) (*fsm.Result, error)
 	ReadBarrier(ctx context.Context, level cluster.Consistency) (cluster.ReadInfo, error)
 	Members() []membership.Member
+	// ReportUnreachable tells the leader a node refused a connection.
+	ReportUnreachable(id string)
 }
 
 // Version is reported to MCP clients as the server version.

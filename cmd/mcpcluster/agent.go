@@ -89,9 +89,16 @@ func NewAgent(cfg AgentConfig, logger *slog.Logger) (*Agent, error) {
 	mc := mcp.DefaultConfig()
 	mc.Cluster = a.node
 	mc.Logger = logger
+	mc.CallTimeout = cfg.CallTimeout
+	mc.SessionIdleTTL = cfg.SessionIdleTTL
+	mc.MaxBodyBytes = cfg.MaxBodyBytes
 	node := a.node
-	mc.Providers = []mcp.ProviderSpec{{Provider: mcp.NewBuiltin(func() any { return node.Status() })}}
-	if a.mcp, err = mcp.New(mc); err != nil {
+	status := func() any { return node.Status() }
+	mc.Providers, err = buildProviders(cfg.Providers, status, logger)
+	if err == nil {
+		a.mcp, err = mcp.New(mc)
+	}
+	if err != nil {
 		a.node.Shutdown()
 		ln.Close()
 		return nil, fmt.Errorf("start mcp server: %w", err)
@@ -162,4 +169,32 @@ func (a *Agent) Close() error {
 		os.RemoveAll(a.tempDir)
 	}
 	return err
+}
+
+// buildProviders turns the providers section into providers, the built-in
+// tools first.
+func buildProviders(cfgs []ProviderConfig, status mcp.StatusFunc, logger *slog.Logger) ([]mcp.ProviderSpec, error) {
+	out := []mcp.ProviderSpec{{Provider: mcp.NewBuiltin(mcp.BuiltinName, status)}}
+	for _, pc := range cfgs {
+		var (
+			p   mcp.Provider
+			err error
+		)
+		switch pc.Type {
+		case "builtin":
+			p = mcp.NewBuiltin(pc.Name, status)
+		case "stdio":
+			p, err = mcp.NewStdio(pc.Name, pc.Command, pc.Env, logger)
+		case "http":
+			p, err = mcp.NewHTTP(pc.Name, pc.URL, pc.Headers, logger)
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, mcp.ProviderSpec{
+			Provider:  mcp.WithPrefix(p, pc.Prefix),
+			Placement: mcp.Placement{Replicas: pc.Replicas, CacheTTL: pc.CacheTTL},
+		})
+	}
+	return out, nil
 }

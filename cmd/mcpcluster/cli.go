@@ -182,3 +182,36 @@ func runLeave(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "node at %s left the cluster\n", c.addr)
 	return nil
 }
+
+func runTools(args []string, stdout, stderr io.Writer) error {
+	c, err := parseClientFlags("tools", args, stderr)
+	if err != nil {
+		return err
+	}
+	body, err := c.call(http.MethodGet, "/v1/catalog")
+	if err != nil {
+		return err
+	}
+	if c.json {
+		_, err = stdout.Write(body)
+		return err
+	}
+	var cat cluster.Catalog
+	if err := json.Unmarshal(body, &cat); err != nil {
+		return fmt.Errorf("decode catalog: %w", err)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "TOOL\tPROVIDER\tPLACEMENT\tHOLDERS")
+	for _, t := range cat.Tools {
+		placement := "everywhere"
+		if t.Replicas > 0 {
+			placement = fmt.Sprintf("replicas: %d", t.Replicas)
+		}
+		holders := strings.Join(t.Holders, ",")
+		if holders == "" {
+			holders = "(none)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", t.Name, t.Provider, placement, holders)
+	}
+	return tw.Flush()
+}

@@ -40,6 +40,31 @@ type AgentConfig struct {
 	RaftHeartbeat    time.Duration `yaml:"raft_heartbeat_timeout"`
 	RaftElection     time.Duration `yaml:"raft_election_timeout"`
 	SnapshotEvery    uint64        `yaml:"snapshot_threshold"`
+	CallTimeout      time.Duration `yaml:"call_timeout"`
+	SessionIdleTTL   time.Duration `yaml:"session_idle_ttl"`
+	MaxBodyBytes     int64         `yaml:"max_body_bytes"`
+	// Providers are the tool sources this node can run (config file only).
+	// The built-in tools are always there, as provider "builtin".
+	Providers []ProviderConfig `yaml:"providers"`
+}
+
+// ProviderConfig declares one provider of tools.
+type ProviderConfig struct {
+	Name string `yaml:"name"`
+	// Type is builtin (the demo tools again, usually with a prefix),
+	// stdio (Command is an MCP server on stdio) or http (URL).
+	Type    string            `yaml:"type"`
+	Command []string          `yaml:"command"`
+	Env     []string          `yaml:"env"`
+	URL     string            `yaml:"url"`
+	Headers map[string]string `yaml:"headers"`
+	// Prefix is put before every tool name of the provider.
+	Prefix string `yaml:"prefix"`
+	// Placement is "everywhere" (every node that declares the provider
+	// serves it) or "replicas" with Replicas nodes; replicas alone implies it.
+	Placement string        `yaml:"placement"`
+	Replicas  int           `yaml:"replicas"`
+	CacheTTL  time.Duration `yaml:"cache_ttl"`
 }
 
 func defaultAgentConfig() AgentConfig {
@@ -55,6 +80,9 @@ func defaultAgentConfig() AgentConfig {
 		RaftHeartbeat:  time.Second,
 		RaftElection:   time.Second,
 		SnapshotEvery:  8192,
+		CallTimeout:    5 * time.Second,
+		SessionIdleTTL: 30 * time.Minute,
+		MaxBodyBytes:   1 << 20,
 	}
 }
 
@@ -134,6 +162,16 @@ var agentOptions = []option{
 	{name: "reconcile-interval", usage: "how often the leader reconciles gossip into raft", set: dur(func(c *AgentConfig) *time.Duration { return &c.ReconcileEvery })},
 	{name: "raft-heartbeat-timeout", usage: "raft heartbeat timeout (failure detection of the leader)", set: dur(func(c *AgentConfig) *time.Duration { return &c.RaftHeartbeat })},
 	{name: "raft-election-timeout", usage: "raft election timeout", set: dur(func(c *AgentConfig) *time.Duration { return &c.RaftElection })},
+	{name: "call-timeout", usage: "how long a tools/call may take, forwarding included", set: dur(func(c *AgentConfig) *time.Duration { return &c.CallTimeout })},
+	{name: "session-idle-ttl", usage: "MCP sessions unused this long expire on every node", set: dur(func(c *AgentConfig) *time.Duration { return &c.SessionIdleTTL })},
+	{name: "max-body-bytes", usage: "largest MCP request body accepted", set: func(c *AgentConfig, v string) error {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n <= 0 {
+			return fmt.Errorf("%q is not a positive number", v)
+		}
+		c.MaxBodyBytes = n
+		return nil
+	}},
 	{name: "snapshot-threshold", usage: "raft log entries between snapshots", set: func(c *AgentConfig, v string) error {
 		n, err := strconv.ParseUint(v, 10, 64)
 		if err != nil || n == 0 {
@@ -271,6 +309,9 @@ func (c *AgentConfig) validate() error {
 	if c.GossipProfile != "lan" && c.GossipProfile != "local" {
 		return fmt.Errorf("-gossip-profile %q: want lan or local", c.GossipProfile)
 	}
+	if err := validateProviders(c.Providers); err != nil {
+		return err
+	}
 	if c.BootstrapExpect > 1 && len(c.Join) == 0 {
 		return fmt.Errorf("-bootstrap-expect %d needs at least one -join address to find the other servers", c.BootstrapExpect)
 	}
@@ -308,4 +349,47 @@ func parseLevel(s string) (slog.Level, error) {
 		return 0, fmt.Errorf("-log-level %q: want debug, info, warn or error", s)
 	}
 	return l, nil
+}
+
+// validateProviders checks the providers section; the first problem found
+// is the error.
+func validateProviders(ps []ProviderConfig) error {
+	seen := map[string]bool{"builtin": true}
+	for i, p := range ps {
+		where := fmt.Sprintf("providers[%d]", i)
+		if p.Name == "" {
+			return fmt.Errorf("%s: missing name", where)
+		}
+		where = fmt.Sprintf("provider %q", p.Name)
+		if seen[p.Name] {
+			return fmt.Errorf("%s: name used twice (builtin is reserved)", where)
+		}
+		seen[p.Name] = true
+		switch p.Type {
+		case "builtin":
+		case "stdio":
+			if len(p.Command) == 0 || p.Command[0] == "" {
+				return fmt.Errorf("%s: type stdio needs a command", where)
+			}
+		case "http":
+			if !strings.HasPrefix(p.URL, "http://") && !strings.HasPrefix(p.URL, "https://") {
+				return fmt.Errorf("%s: type http needs an http(s) url, got %q", where, p.URL)
+			}
+		default:
+			return fmt.Errorf("%s: type %q is not builtin, stdio or http", where, p.Type)
+		}
+		switch {
+		case p.Replicas < 0:
+			return fmt.Errorf("%s: replicas must be >= 0", where)
+		case p.Placement == "everywhere" && p.Replicas > 0:
+			return fmt.Errorf("%s: placement everywhere takes no replicas", where)
+		case p.Placement == "replicas" && p.Replicas == 0:
+			return fmt.Errorf("%s: placement replicas needs replicas >= 1", where)
+		case p.Placement != "" && p.Placement != "everywhere" && p.Placement != "replicas":
+			return fmt.Errorf("%s: placement %q is not everywhere or replicas", where, p.Placement)
+		case p.CacheTTL < 0:
+			return fmt.Errorf("%s: cache_ttl must be >= 0", where)
+		}
+	}
+	return nil
 }

@@ -20,6 +20,7 @@ Commands:
   local     run a local 3-node cluster on loopback until Ctrl-C
   status    print a node's view of the cluster
   members   print the cluster's members with status and load
+  tools     print the cluster's tool catalog with each tool's holders
   leave     make a node leave the cluster gracefully and exit
 `
 
@@ -44,6 +45,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runStatus(args[1:], stdout, stderr)
 	case "members":
 		err = runMembers(args[1:], stdout, stderr)
+	case "tools":
+		err = runTools(args[1:], stdout, stderr)
 	case "leave":
 		err = runLeave(args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
