@@ -85,7 +85,10 @@ type APIConfig struct {
 	MaxValueBytes int64
 	// OnLeave runs after a successful POST /v1/agent/leave (the agent exits).
 	OnLeave func()
-	Logger  *slog.Logger
+	// Ready, if set, must also return nil for the node to be ready (the
+	// MCP front door's catalog is in sync).
+	Ready  func() error
+	Logger *slog.Logger
 }
 
 // DefaultAPIConfig returns the API defaults.
@@ -135,8 +138,19 @@ func (a *API) healthz(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "node": a.n.id})
 }
 
-func (a *API) readyz(w http.ResponseWriter, _ *http.Request) {
+// ready is the node's readiness with the API's own condition.
+func (a *API) ready() error {
 	if err := a.n.Ready(); err != nil {
+		return err
+	}
+	if a.cfg.Ready != nil {
+		return a.cfg.Ready()
+	}
+	return nil
+}
+
+func (a *API) readyz(w http.ResponseWriter, _ *http.Request) {
+	if err := a.ready(); err != nil {
 		writeError(w, http.StatusServiceUnavailable, err)
 		return
 	}
@@ -144,7 +158,11 @@ func (a *API) readyz(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (a *API) status(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, a.n.Status())
+	st := a.n.Status()
+	if err := a.ready(); err != nil {
+		st.Ready, st.ReadyError = false, err.Error()
+	}
+	writeJSON(w, http.StatusOK, st)
 }
 
 func (a *API) hash(w http.ResponseWriter, _ *http.Request) {

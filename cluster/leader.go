@@ -67,6 +67,10 @@ func (n *Node) leaderLoop(stop chan struct{}) {
 		n.unreachMu.Unlock()
 	}()
 
+	// A new leader may take over from one that died with providers on it
+	// (or died with others): check every member's cluster port before the
+	// first placement rather than wait for gossip to declare them failed.
+	n.probeMembers()
 	r := &reconciler{n: n, unknownSince: make(map[string]time.Time)}
 	ticker := time.NewTicker(n.cfg.ReconcileInterval)
 	defer ticker.Stop()

@@ -412,6 +412,23 @@ func (n *Node) suspect(id, from string) {
 	kick(n.reconcileCh)
 }
 
+// probeMembers dials every other alive member's cluster port at once and
+// marks those that refuse as unreachable.
+func (n *Node) probeMembers() {
+	var wg sync.WaitGroup
+	for _, m := range n.members.Members() {
+		if m.ID == n.id || m.RPCAddr == "" || m.State != membership.StateAlive {
+			continue
+		}
+		wg.Add(1)
+		go func(m membership.Member) {
+			defer wg.Done()
+			n.suspect(m.ID, n.id)
+		}(m)
+	}
+	wg.Wait()
+}
+
 // isUnreachable reports a confirmed unreachable node, clearing the mark
 // once the node answers a dial again.
 func (n *Node) isUnreachable(id, rpcAddr string) bool {

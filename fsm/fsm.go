@@ -44,10 +44,10 @@ func newState() *state {
 		nodes:     map[string]Node{},
 		providers: map[string]Provider{},
 		tools:     map[string]Tool{},
-		assigns:  map[string]Assignment{},
-		sessions: map[string]Session{},
-		cache:    map[string]CacheEntry{},
-		dedupe:   map[string]Result{},
+		assigns:   map[string]Assignment{},
+		sessions:  map[string]Session{},
+		cache:     map[string]CacheEntry{},
+		dedupe:    map[string]Result{},
 	}
 }
 

@@ -109,7 +109,7 @@ func (r *Result) Err() error {
 // Counts summarises the size of the replicated state.
 type Counts struct {
 	Nodes, Providers, Tools, Assignments, Sessions, CacheEntries int
-	CacheBytes                                        int64
+	CacheBytes                                                   int64
 }
 
 // Deep copies for values handed to callers; stored values are never mutated

@@ -26,31 +26,41 @@ import (
 )
 
 // binary is the mcpcluster executable under test: $MCPCLUSTER_BIN, or built
-// once by TestMain.
-var binary string
+// once by TestMain. stdioServer is examples/stdio-server, built by TestMain,
+// the upstream MCP server that stdio providers run.
+var binary, stdioServer string
 
 func TestMain(m *testing.M) {
 	os.Exit(runMain(m))
 }
 
 func runMain(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "mcpcluster-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "integration:", err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	_, file, _, _ := runtime.Caller(0)
+	root := filepath.Dir(filepath.Dir(file))
+	build := func(out, pkg string) error {
+		cmd := exec.Command("go", "build", "-o", out, pkg)
+		cmd.Dir = root
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		return cmd.Run()
+	}
 	binary = os.Getenv("MCPCLUSTER_BIN")
 	if binary == "" {
-		dir, err := os.MkdirTemp("", "mcpcluster-bin-")
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "integration:", err)
-			return 1
-		}
-		defer os.RemoveAll(dir)
 		binary = filepath.Join(dir, "mcpcluster")
-		_, file, _, _ := runtime.Caller(0)
-		build := exec.Command("go", "build", "-o", binary, "./cmd/mcpcluster")
-		build.Dir = filepath.Dir(filepath.Dir(file))
-		build.Stdout, build.Stderr = os.Stderr, os.Stderr
-		if err := build.Run(); err != nil {
+		if err := build(binary, "./cmd/mcpcluster"); err != nil {
 			fmt.Fprintln(os.Stderr, "integration: build mcpcluster:", err)
 			return 1
 		}
+	}
+	stdioServer = filepath.Join(dir, "stdio-server")
+	if err := build(stdioServer, "./examples/stdio-server"); err != nil {
+		fmt.Fprintln(os.Stderr, "integration: build stdio-server:", err)
+		return 1
 	}
 	return m.Run()
 }

@@ -122,6 +122,9 @@ func (h *internalHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		write(callFrame{Progress: &progressFrame{Progress: progress, Total: total, Message: message}})
 	})
 	res, err := h.run.runLocal(ctx, params)
+	if err != nil {
+		h.logger.Debug("forwarded call ended with an error", "tool", params.Name, "from", req.From, "error", err)
+	}
 	switch {
 	case errors.Is(err, ErrNotHolder) || errors.Is(err, ErrUnknownTool):
 		mu.Lock()

@@ -22,12 +22,15 @@ type router struct {
 	reported map[string]time.Time // holder → when this node last reported it unreachable
 }
 
+// reportInterval limits how often this node reports one holder unreachable.
+const reportInterval = 250 * time.Millisecond
+
 // reportUnreachable tells the leader about a holder that refused a
-// connection, at most once a second per holder.
+// connection, at most once per reportInterval per holder.
 func (r *router) reportUnreachable(id string) {
 	now := time.Now()
 	r.mu.Lock()
-	due := now.Sub(r.reported[id]) >= time.Second
+	due := now.Sub(r.reported[id]) >= reportInterval
 	if due {
 		if r.reported == nil {
 			r.reported = map[string]time.Time{}

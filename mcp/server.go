@@ -76,6 +76,9 @@ type Server struct {
 	mu         sync.Mutex
 	registered map[string]string // tool name → spec registered with mcp-go
 
+	ready     chan struct{} // closed once providers are declared and the catalog registered
+	readyOnce sync.Once
+
 	stop chan struct{}
 	done chan struct{}
 }
@@ -112,6 +115,7 @@ func New(cfg Config) (*Server, error) {
 		logger:     cfg.Logger.With("component", "mcp"),
 		local:      map[string]*localProvider{},
 		registered: map[string]string{},
+		ready:      make(chan struct{}),
 		stop:       make(chan struct{}),
 		done:       make(chan struct{}),
 	}
@@ -257,6 +261,9 @@ func (s *Server) syncLoop() {
 		s.syncTools()
 		s.sessions.forget()
 		cancel()
+		if declared && s.everywhereRegistered() {
+			s.readyOnce.Do(func() { close(s.ready) })
+		}
 		select {
 		case <-s.stop:
 			return
@@ -264,6 +271,45 @@ func (s *Server) syncLoop() {
 		case <-ticker.C:
 		}
 	}
+}
+
+// Ready is closed once this node has declared its providers and registered
+// the catalog with its tools in mcp-go: from then on its clients see the
+// cluster's tools.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// ReadyErr is nil once Ready is closed, else the reason.
+func (s *Server) ReadyErr() error {
+	select {
+	case <-s.ready:
+		return nil
+	default:
+		return errors.New("mcp catalog not in sync yet")
+	}
+}
+
+// everywhereRegistered reports whether every tool of the providers that
+// run on every node, this one included, is registered with mcp-go.
+func (s *Server) everywhereRegistered() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, lp := range s.local {
+		if lp.spec.Replicas != 0 {
+			continue
+		}
+		lp.mu.Lock()
+		running, tools := lp.running, lp.tools
+		lp.mu.Unlock()
+		if !running || tools == nil {
+			return false
+		}
+		for name := range tools {
+			if _, ok := s.registered[name]; !ok {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // declare tells the cluster which providers this node can run.

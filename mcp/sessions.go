@@ -129,6 +129,11 @@ func (m *sessionManager) Terminate(id string) (bool, error) {
 	if errors.Is(res.Err(), fsm.ErrNotFound) {
 		return false, ErrUnknownSession
 	}
+	// Read-your-writes: this node answers 404 for the session from now on.
+	// Other nodes do once they apply the delete (the next raft heartbeat).
+	if _, err := m.s.c.ReadBarrier(ctx, cluster.Default); err != nil {
+		return false, fmt.Errorf("wait for session delete: %w", err)
+	}
 	m.s.mu.Lock()
 	delete(m.s.touched, id)
 	m.s.mu.Unlock()

@@ -30,11 +30,12 @@ type Agent struct {
 	tempDir   string // dev mode's data dir, removed on Close
 	leaveOnce sync.Once
 	left      chan struct{} // closed when the node left on request (POST /v1/agent/leave)
+	stopped   chan struct{} // closed by Close
 }
 
 // NewAgent starts the node and its HTTP server.
 func NewAgent(cfg AgentConfig, logger *slog.Logger) (*Agent, error) {
-	a := &Agent{cfg: cfg, logger: logger, left: make(chan struct{})}
+	a := &Agent{cfg: cfg, logger: logger, left: make(chan struct{}), stopped: make(chan struct{})}
 	if cfg.Dev && cfg.DataDir == "" {
 		dir, err := os.MkdirTemp("", "mcpcluster-dev-")
 		if err != nil {
@@ -108,6 +109,7 @@ func NewAgent(cfg AgentConfig, logger *slog.Logger) (*Agent, error) {
 	apiCfg := cluster.DefaultAPIConfig()
 	apiCfg.OnLeave = func() { a.leaveOnce.Do(func() { close(a.left) }) }
 	apiCfg.Logger = logger
+	apiCfg.Ready = a.mcp.ReadyErr
 	mux := http.NewServeMux()
 	mux.Handle("/mcp", a.mcp.Handler())
 	mux.Handle("/", cluster.NewAPI(a.node, apiCfg))
@@ -122,9 +124,17 @@ func NewAgent(cfg AgentConfig, logger *slog.Logger) (*Agent, error) {
 			logger.Error("http server stopped", "error", err)
 		}
 	}()
-	if err := a.node.SetStatus(membership.StatusRunning); err != nil {
-		logger.Warn("gossip status update failed", "error", err)
-	}
+	// Running (and so eligible for providers) once clients see the catalog.
+	go func() {
+		select {
+		case <-a.mcp.Ready():
+		case <-a.stopped:
+			return
+		}
+		if err := a.node.SetStatus(membership.StatusRunning); err != nil {
+			logger.Warn("gossip status update failed", "error", err)
+		}
+	}()
 	logger.Info("agent running", "node", a.node.ID(), "http", httpAdvertise, "rpc", a.node.RPCAddr(), "gossip", a.node.GossipAddr())
 	return a, nil
 }
@@ -157,6 +167,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 // Close stops the HTTP server and the node (without leaving).
 func (a *Agent) Close() error {
+	close(a.stopped)
 	_ = a.node.SetStatus(membership.StatusStopping)
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
