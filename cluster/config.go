@@ -61,6 +61,10 @@ type Config struct {
 	// ApplyTimeout bounds a write when the caller's context has no deadline.
 	ApplyTimeout time.Duration
 
+	// SessionIdleTTL: the leader expires MCP sessions unused this long
+	// (their last use is replicated); 0 keeps them until deleted.
+	SessionIdleTTL time.Duration
+
 	// Logger receives every log line of the node, raft and memberlist included.
 	Logger *slog.Logger
 	// LogLevel filters raft's logs (raft's own default is DEBUG).

@@ -167,7 +167,44 @@ func (r *reconciler) reconcile(ctx context.Context) error {
 	if err := r.syncRegistry(ctx, byID); err != nil {
 		return err
 	}
-	return r.place(ctx)
+	if err := r.place(ctx); err != nil {
+		return err
+	}
+	return r.expireSessions(ctx)
+}
+
+// expireBatch bounds how many sessions one expiry command removes.
+const expireBatch = 1000
+
+// expireSessions removes sessions idle for SessionIdleTTL, in batches,
+// when there are any: the leader's clock stamps the command, so every node
+// removes the same ones.
+func (r *reconciler) expireSessions(ctx context.Context) error {
+	n := r.n
+	ttl := n.cfg.SessionIdleTTL
+	if ttl <= 0 {
+		return nil
+	}
+	now := time.Now()
+	due := false
+	for _, s := range n.fsm.Sessions() {
+		if now.UnixNano()-s.LastSeen >= int64(ttl) {
+			due = true
+			break
+		}
+	}
+	if !due {
+		return nil
+	}
+	res, err := n.Apply(ctx, &fsm.Command{Type: fsm.TypeSessionExpire, Now: now.UnixNano(), IdleTTL: int64(ttl), Limit: expireBatch})
+	if err != nil {
+		return fmt.Errorf("expire sessions: %w", err)
+	}
+	n.logger.Info("expired idle sessions", "count", res.Removed, "idle_ttl", ttl)
+	if res.Removed == expireBatch {
+		kick(n.reconcileCh)
+	}
+	return nil
 }
 
 // pruneDead removes voters that have been failed (or unknown to gossip)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -364,4 +365,68 @@ func TestProgressAndCancelAcrossHop(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// Idle sessions expire on every node; with auth on, a session answers
+// only the principal that opened it.
+func TestSessionExpiryAndOwnership(t *testing.T) {
+	dir := t.TempDir()
+	cfg := dir + "/auth.yaml"
+	const alice, bob = "alice-token-0123456789", "bob-token-0123456789ab"
+	if err := os.WriteFile(cfg, []byte("auth_tokens:\n  "+alice+": alice\n  "+bob+": bob\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := newCluster(t, 3, "--config", cfg, "--session-idle-ttl", "2s")
+	c.waitStable(30*time.Second, c.nodes, c.ids()...)
+	a, b := c.nodes[0], c.nodes[1]
+
+	post := func(nd *node, token, session string) int {
+		req, _ := http.NewRequest(http.MethodPost, nd.mcpURL(), strings.NewReader(echoCall))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "application/json, text/event-stream")
+		req.Header.Set("Mcp-Protocol-Version", legacy)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		if session != "" {
+			req.Header.Set("Mcp-Session-Id", session)
+		}
+		resp, err := httpClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := post(a, "", ""); code != http.StatusUnauthorized {
+		t.Fatalf("no token: %d, want 401", code)
+	}
+	cl := mcpgoClient(t, a.mcpURL(), legacy, transport.WithHTTPHeaders(map[string]string{"Authorization": "Bearer " + alice}))
+	sid := cl.GetSessionId()
+	if code := post(b, alice, sid); code != http.StatusOK {
+		t.Fatalf("alice's session through %s: %d", b.id, code)
+	}
+	if code := post(b, bob, sid); code != http.StatusNotFound {
+		t.Fatalf("bob using alice's session: %d, want 404", code)
+	}
+	// Unused for longer than the idle TTL (watched without using it): gone
+	// from every node's replica, and answered 404 everywhere.
+	waitFor(t, 15*time.Second, func() error {
+		for _, nd := range c.nodes {
+			st, err := nd.status()
+			if err != nil {
+				return err
+			}
+			if st.FSM.Sessions != 0 {
+				return fmt.Errorf("%s still holds %d sessions", nd.id, st.FSM.Sessions)
+			}
+		}
+		return nil
+	})
+	for _, nd := range c.nodes {
+		if code := post(nd, alice, sid); code != http.StatusNotFound {
+			t.Fatalf("%s answers the expired session: %d", nd.id, code)
+		}
+	}
 }

@@ -76,6 +76,7 @@ func NewAgent(cfg AgentConfig, logger *slog.Logger) (*Agent, error) {
 	nc.RaftElectionTimeout = cfg.RaftElection
 	nc.RaftLeaderLeaseTimeout = min(cfg.RaftHeartbeat/2, 500*time.Millisecond)
 	nc.SnapshotThreshold = cfg.SnapshotEvery
+	nc.SessionIdleTTL = cfg.SessionIdleTTL
 	nc.Logger = logger
 	nc.LogLevel = level
 	a.node, err = cluster.New(nc)
@@ -93,6 +94,7 @@ func NewAgent(cfg AgentConfig, logger *slog.Logger) (*Agent, error) {
 	mc.CallTimeout = cfg.CallTimeout
 	mc.SessionIdleTTL = cfg.SessionIdleTTL
 	mc.MaxBodyBytes = cfg.MaxBodyBytes
+	mc.Tokens = cfg.AuthTokens
 	node := a.node
 	status := func() any { return node.Status() }
 	mc.Providers, err = buildProviders(cfg.Providers, status, logger)

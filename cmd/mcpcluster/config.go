@@ -43,6 +43,11 @@ type AgentConfig struct {
 	CallTimeout      time.Duration `yaml:"call_timeout"`
 	SessionIdleTTL   time.Duration `yaml:"session_idle_ttl"`
 	MaxBodyBytes     int64         `yaml:"max_body_bytes"`
+	// AuthTokens maps bearer tokens to principals; when set, /mcp requires
+	// one and sessions are bound to the principal that opened them. Config
+	// file or MCPCLUSTER_AUTH_TOKENS=token=principal,... (never a flag, so
+	// tokens stay out of process listings).
+	AuthTokens map[string]string `yaml:"auth_tokens"`
 	// Providers are the tool sources this node can run (config file only).
 	// The built-in tools are always there, as provider "builtin".
 	Providers []ProviderConfig `yaml:"providers"`
@@ -239,6 +244,16 @@ func parseAgentConfig(args []string, getenv func(string) string, stderr io.Write
 			}
 		}
 	}
+	if v := getenv("MCPCLUSTER_AUTH_TOKENS"); v != "" {
+		cfg.AuthTokens = map[string]string{}
+		for _, pair := range strings.Split(v, ",") {
+			tok, principal, ok := strings.Cut(strings.TrimSpace(pair), "=")
+			if !ok || tok == "" || principal == "" {
+				return AgentConfig{}, usagef("environment MCPCLUSTER_AUTH_TOKENS: want token=principal pairs separated by commas")
+			}
+			cfg.AuthTokens[tok] = principal
+		}
+	}
 	joinFromFlags := false
 	for _, s := range flags {
 		if s.name == "join" && !joinFromFlags {
@@ -308,6 +323,11 @@ func (c *AgentConfig) validate() error {
 	}
 	if c.GossipProfile != "lan" && c.GossipProfile != "local" {
 		return fmt.Errorf("-gossip-profile %q: want lan or local", c.GossipProfile)
+	}
+	for tok, principal := range c.AuthTokens {
+		if len(tok) < 16 || principal == "" {
+			return errors.New("auth_tokens: every token needs at least 16 characters and a principal")
+		}
 	}
 	if err := validateProviders(c.Providers); err != nil {
 		return err
