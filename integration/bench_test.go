@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -10,6 +11,11 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/mark3labs/mcp-go/client"
+	"github.com/mark3labs/mcp-go/client/transport"
+	"github.com/mark3labs/mcp-go/server"
+	"github.com/mcpcluster/mcpcluster/mcp"
 )
 
 var benchClient = &http.Client{
@@ -191,5 +197,87 @@ func BenchmarkGossipFailureDetection(b *testing.B) {
 			b.ReportMetric(float64(worst.Milliseconds()), "max-ms")
 			b.ReportMetric(0, "ns/op")
 		})
+	}
+}
+
+// BenchmarkToolCall compares, in one run with the same client, tool and
+// concurrency: (a) a bare mcp-go server with mcpcluster's built-in tools,
+// (b) a call that runs on the cluster node the client talks to, and (c) a
+// call forwarded to the tool's holder on another node.
+//
+//	go test -run '^$' -bench ToolCall -benchtime 20000x ./integration/
+func BenchmarkToolCall(b *testing.B) {
+	bare := startBareServer(b)
+	c := newProviderCluster(b, 3, pinnedProvider, "--log-level", "warn")
+	holder := c.node(c.nodes[0].holders(b, "pinned_echo", 1)[0])
+	via := c.except(holder.id)[0]
+	targets := []struct{ name, url, tool string }{
+		{"bare", bare, "echo"},
+		{"local", via.mcpURL(), "echo"},
+		{"forwarded", via.mcpURL(), "pinned_echo"},
+	}
+	for _, version := range []string{legacy, modern} {
+		for _, tg := range targets {
+			b.Run(fmt.Sprintf("%s/%s", version, tg.name), func(b *testing.B) {
+				benchCalls(b, tg.url, tg.tool, version, 16)
+			})
+		}
+	}
+}
+
+// startBareServer serves the built-in tools from a plain mcp-go server on
+// loopback, in this process.
+func startBareServer(b *testing.B) string {
+	s := server.NewMCPServer("bare", "1", server.WithToolCapabilities(true))
+	s.AddTools(mcp.BuiltinTools(nil)...)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := &http.Server{Handler: server.NewStreamableHTTPServer(s), ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(ln)
+	b.Cleanup(func() { srv.Close() })
+	return "http://" + ln.Addr().String() + "/mcp"
+}
+
+// benchCalls runs b.N calls of tool over workers concurrent mcp-go clients
+// and reports calls/s and latency percentiles.
+func benchCalls(b *testing.B, url, tool, version string, workers int) {
+	clients := make([]*client.Client, workers)
+	for i := range clients {
+		clients[i] = mcpgoClient(b, url, version, transport.WithHTTPBasicClient(benchClient))
+	}
+	var next atomic.Int64
+	lat := make([][]time.Duration, workers)
+	var failed atomic.Int64
+	var wg sync.WaitGroup
+	ctx := context.Background()
+	b.ResetTimer()
+	start := time.Now()
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= int64(b.N) {
+				t0 := time.Now()
+				if _, _, err := callTool(ctx, clients[w], tool, map[string]any{"text": "hello"}); err != nil {
+					failed.Add(1)
+					continue
+				}
+				lat[w] = append(lat[w], time.Since(t0))
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	b.StopTimer()
+	all := slices.Concat(lat...)
+	slices.Sort(all)
+	b.ReportMetric(float64(len(all))/elapsed.Seconds(), "calls/s")
+	b.ReportMetric(float64(percentile(all, 0.50).Microseconds()), "p50-µs")
+	b.ReportMetric(float64(percentile(all, 0.99).Microseconds()), "p99-µs")
+	b.ReportMetric(0, "ns/op")
+	if f := failed.Load(); f > 0 {
+		b.Errorf("%d calls failed", f)
 	}
 }

@@ -1,0 +1,131 @@
+package mcp
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/mark3labs/mcp-go/client"
+	"github.com/mark3labs/mcp-go/client/transport"
+	mcplib "github.com/mark3labs/mcp-go/mcp"
+	"github.com/mark3labs/mcp-go/server"
+	"github.com/mcpcluster/mcpcluster/cluster"
+)
+
+// serve serves h on a loopback port until the test ends.
+func serve(tb testing.TB, h http.Handler) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(ln)
+	tb.Cleanup(func() { srv.Close() })
+	return "http://" + ln.Addr().String() + "/mcp"
+}
+
+// newSoloNode starts a one-node cluster with the MCP front door, in process.
+func newSoloNode(tb testing.TB) (*cluster.Node, *Server) {
+	cfg := cluster.DefaultConfig()
+	cfg.NodeID = "solo"
+	cfg.DataDir = tb.TempDir()
+	cfg.RPCBindAddr, cfg.GossipBindAddr = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.GossipProfile = "local"
+	cfg.BootstrapExpect = 1
+	cfg.LogLevel = slog.LevelError
+	n, err := cluster.New(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { n.Shutdown() })
+	mc := DefaultConfig()
+	mc.Cluster = n
+	mc.SyncInterval = 100 * time.Millisecond
+	mc.Providers = []ProviderSpec{{Provider: NewBuiltin(BuiltinName, func() any { return n.Status() })}}
+	s, err := New(mc)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { s.Close() })
+	n.ServeInternal(s.InternalHandler())
+	select {
+	case <-s.Ready():
+	case <-time.After(20 * time.Second):
+		tb.Fatal("mcp front door not ready")
+	}
+	return n, s
+}
+
+func connect(tb testing.TB, url, version string) *client.Client {
+	tr, err := transport.NewStreamableHTTP(url)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	c := client.NewClient(tr, client.WithProtocolVersion(version))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.Start(ctx); err != nil {
+		tb.Fatal(err)
+	}
+	init := mcplib.InitializeRequest{}
+	init.Params.ProtocolVersion = version
+	if _, err := c.Initialize(ctx, init); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { c.Close() })
+	return c
+}
+
+func runCalls(b *testing.B, url, version string) {
+	const workers = 16
+	clients := make([]*client.Client, workers)
+	for i := range clients {
+		clients[i] = connect(b, url, version)
+	}
+	var next, failed atomic.Int64
+	var wg sync.WaitGroup
+	b.ResetTimer()
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req := mcplib.CallToolRequest{}
+			req.Params.Name = "echo"
+			req.Params.Arguments = map[string]any{"text": "hello"}
+			for next.Add(1) <= int64(b.N) {
+				if _, err := clients[w].CallTool(context.Background(), req); err != nil {
+					failed.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	b.StopTimer()
+	if f := failed.Load(); f > 0 {
+		b.Fatalf("%d calls failed", f)
+	}
+}
+
+// BenchmarkEcho compares the same echo call over a bare mcp-go server and
+// through an mcpcluster node (one-node cluster, all in this process), so the
+// ratio shows what the front door itself costs.
+//
+//	go test -run '^$' -bench Echo -benchtime 20000x ./mcp/
+func BenchmarkEcho(b *testing.B) {
+	bare := server.NewMCPServer("bare", "1", server.WithToolCapabilities(true))
+	bare.AddTools(BuiltinTools(nil)...)
+	bareURL := serve(b, server.NewStreamableHTTPServer(bare))
+	_, s := newSoloNode(b)
+	mux := http.NewServeMux()
+	mux.Handle("/mcp", s.Handler())
+	nodeURL := serve(b, mux)
+	for _, v := range []string{mcplib.ProtocolVersion20251125, mcplib.ProtocolVersion20260728} {
+		b.Run(v+"/bare", func(b *testing.B) { runCalls(b, bareURL, v) })
+		b.Run(v+"/node", func(b *testing.B) { runCalls(b, nodeURL, v) })
+	}
+}
