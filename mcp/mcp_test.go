@@ -1,0 +1,229 @@
+package mcp
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	mcplib "github.com/mark3labs/mcp-go/mcp"
+)
+
+func TestToolJSONIsFaithful(t *testing.T) {
+	in := `{"annotations":{"idempotentHint":true},"description":"d","inputSchema":{"$schema":"https://json-schema.org/draft/2020-12/schema","oneOf":[{"required":["a"]},{"required":["b"]}],"properties":{"a":{"type":"string","title":"A"},"b":{"type":"integer"}},"type":"object"},"name":"t","outputSchema":{"type":"object","properties":{"x":{"type":"number"}}}}`
+	tool, err := toolFromJSON([]byte(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := toolJSON(tool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var a, b any
+	_ = json.Unmarshal([]byte(in), &a)
+	_ = json.Unmarshal(out, &b)
+	ja, _ := json.Marshal(a)
+	jb, _ := json.Marshal(b)
+	if string(ja) != string(jb) {
+		t.Fatalf("round trip changed the tool:\n in %s\nout %s", ja, jb)
+	}
+	if !safeToRepeat(tool) {
+		t.Fatal("idempotent tool not safe to repeat")
+	}
+	if _, err := toolFromJSON([]byte(`{"description":"no name"}`)); err == nil {
+		t.Fatal("tool without a name accepted")
+	}
+}
+
+func TestSafeToRepeat(t *testing.T) {
+	yes, no := true, false
+	cases := []struct {
+		ro, idem *bool
+		want     bool
+	}{{nil, nil, false}, {&no, &no, false}, {&yes, nil, true}, {nil, &yes, true}, {&no, &yes, true}}
+	for _, c := range cases {
+		tool := mcplib.Tool{Annotations: mcplib.ToolAnnotation{ReadOnlyHint: c.ro, IdempotentHint: c.idem}}
+		if got := safeToRepeat(tool); got != c.want {
+			t.Errorf("readOnly=%v idempotent=%v: %v, want %v", c.ro, c.idem, got, c.want)
+		}
+	}
+}
+
+func TestPrefixedProvider(t *testing.T) {
+	p := WithPrefix(NewBuiltin("demo", nil), "demo_")
+	tools, err := p.Tools(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tl := range tools {
+		if !strings.HasPrefix(tl.Name, "demo_") {
+			t.Fatalf("tool %q not prefixed", tl.Name)
+		}
+	}
+	req := mcplib.CallToolRequest{}
+	req.Params.Name = "demo_echo"
+	req.Params.Arguments = map[string]any{"text": "x"}
+	res, err := p.Call(context.Background(), req)
+	if err != nil || res.Content[0].(mcplib.TextContent).Text != "x" {
+		t.Fatalf("demo_echo: %+v %v", res, err)
+	}
+	req.Params.Name = "echo"
+	if _, err := p.Call(context.Background(), req); !errors.Is(err, ErrUnknownTool) {
+		t.Fatalf("unprefixed name: %v", err)
+	}
+}
+
+// runnerFunc adapts a function to localRunner.
+type runnerFunc func(ctx context.Context, p mcplib.CallToolParams) (*mcplib.CallToolResult, error)
+
+func (f runnerFunc) runLocal(ctx context.Context, p mcplib.CallToolParams) (*mcplib.CallToolResult, error) {
+	return f(ctx, p)
+}
+
+var discard = slog.New(slog.DiscardHandler)
+
+func forwardTo(t *testing.T, run runnerFunc) (*forwarder, string) {
+	srv := httptest.NewServer(&internalHandler{node: "holder", run: run, logger: discard})
+	t.Cleanup(srv.Close)
+	f := newForwarder("caller")
+	t.Cleanup(f.close)
+	return f, strings.TrimPrefix(srv.URL, "http://")
+}
+
+func TestForwardRelaysProgressAndResult(t *testing.T) {
+	var sawDeadline atomic.Bool
+	f, addr := forwardTo(t, func(ctx context.Context, p mcplib.CallToolParams) (*mcplib.CallToolResult, error) {
+		_, ok := ctx.Deadline()
+		sawDeadline.Store(ok)
+		for i := 1; i <= 3; i++ {
+			ReportProgress(ctx, float64(i), 3, "step")
+		}
+		args, _ := p.Arguments.(map[string]any)
+		return mcplib.NewToolResultText(p.Name + ":" + args["text"].(string)), nil
+	})
+	var got []float64
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ctx = withProgress(ctx, func(p, total float64, msg string) { got = append(got, p) })
+	params := mcplib.CallToolParams{Name: "echo", Arguments: map[string]any{"text": "hi"}}
+	res, err := f.call(ctx, addr, params)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if text := res.Content[0].(mcplib.TextContent).Text; text != "echo:hi" {
+		t.Fatalf("result %q", text)
+	}
+	if len(got) != 3 || got[2] != 3 {
+		t.Fatalf("progress relayed: %v", got)
+	}
+	if !sawDeadline.Load() {
+		t.Fatal("the caller's deadline did not cross the hop")
+	}
+}
+
+func TestForwardErrorsSayWhetherSent(t *testing.T) {
+	f, addr := forwardTo(t, func(context.Context, mcplib.CallToolParams) (*mcplib.CallToolResult, error) {
+		return nil, ErrNotHolder
+	})
+	_, err := f.call(context.Background(), addr, mcplib.CallToolParams{Name: "x"})
+	var se *sendError
+	if !errors.As(err, &se) || se.sent || !errors.Is(err, ErrNotHolder) {
+		t.Fatalf("not a holder: %v", err)
+	}
+	// Nothing listens here: refused, never sent.
+	_, err = f.call(context.Background(), "127.0.0.1:1", mcplib.CallToolParams{Name: "x"})
+	if !errors.As(err, &se) || se.sent {
+		t.Fatalf("refused dial: %v", err)
+	}
+	// A tool error is the tool's answer, not a transport failure.
+	f2, addr2 := forwardTo(t, func(context.Context, mcplib.CallToolParams) (*mcplib.CallToolResult, error) {
+		return nil, errors.New("disk full")
+	})
+	if _, err := f2.call(context.Background(), addr2, mcplib.CallToolParams{Name: "x"}); err == nil || errors.As(err, &se) || !strings.Contains(err.Error(), "disk full") {
+		t.Fatalf("handler error: %v", err)
+	}
+}
+
+func TestForwardCancellationReachesHolder(t *testing.T) {
+	cancelled := make(chan error, 1)
+	started := make(chan struct{})
+	f, addr := forwardTo(t, func(ctx context.Context, _ mcplib.CallToolParams) (*mcplib.CallToolResult, error) {
+		close(started)
+		<-ctx.Done()
+		cancelled <- ctx.Err()
+		return nil, ctx.Err()
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		<-started
+		cancel()
+	}()
+	if _, err := f.call(ctx, addr, mcplib.CallToolParams{Name: "slow"}); err == nil {
+		t.Fatal("cancelled call succeeded")
+	}
+	select {
+	case err := <-cancelled:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("holder saw %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("holder never saw the cancellation")
+	}
+}
+
+func TestSessionsOnSoloNode(t *testing.T) {
+	n, s := newSoloNode(t)
+	alice := &sessionManager{s: s.sessions, principal: "alice"}
+	bob := &sessionManager{s: s.sessions, principal: "bob"}
+	id := alice.Generate()
+	if id == "" {
+		t.Fatal("no session id")
+	}
+	if _, ok := n.FSM().Session(id); !ok {
+		t.Fatal("session not in the replicated state when its id was handed out")
+	}
+	if _, err := alice.Validate(id); err != nil {
+		t.Fatalf("owner rejected: %v", err)
+	}
+	if _, err := bob.Validate(id); !errors.Is(err, ErrSessionOwner) {
+		t.Fatalf("other principal: %v", err)
+	}
+	if _, err := alice.Validate("nope"); !errors.Is(err, ErrUnknownSession) {
+		t.Fatalf("unknown id: %v", err)
+	}
+	// mcp-go's idle sweeper (no request) only drops local state.
+	sweeper := s.sessions.ResolveSessionIdManager(nil)
+	if _, err := sweeper.Terminate(id); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := n.FSM().Session(id); !ok {
+		t.Fatal("the local sweeper deleted a replicated session")
+	}
+	if _, err := alice.Terminate(id); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.Validate(id); !errors.Is(err, ErrUnknownSession) {
+		t.Fatalf("deleted session: %v", err)
+	}
+	if _, ok := n.FSM().Session(id); ok {
+		t.Fatal("session still replicated after Terminate")
+	}
+}
+
+func TestBodyLimit(t *testing.T) {
+	_, s := newSoloNode(t)
+	s.cfg.MaxBodyBytes = 64
+	rec := httptest.NewRecorder()
+	req := httptest.NewRequest(http.MethodPost, "/mcp", strings.NewReader(strings.Repeat("x", 65)))
+	req.Header.Set("Content-Type", "application/json")
+	s.Handler().ServeHTTP(rec, req)
+	if rec.Code != http.StatusRequestEntityTooLarge || !strings.Contains(rec.Body.String(), "exceeds the limit of 64 bytes") {
+		t.Fatalf("got %d %s", rec.Code, rec.Body)
+	}
+}
