@@ -272,6 +272,11 @@ func (n *Node) Leader() (id, addr string) {
 	return string(i), string(a)
 }
 
+// SetLoad gossips how many calls are running on this node.
+func (n *Node) SetLoad(inflight int) error {
+	return n.members.UpdateMeta(func(m *membership.Meta) { m.InFlight = inflight })
+}
+
 // SetStatus gossips the node's lifecycle status.
 func (n *Node) SetStatus(s membership.Status) error {
 	return n.members.UpdateMeta(func(m *membership.Meta) { m.Status = s })

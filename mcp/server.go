@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mcplib "github.com/mark3labs/mcp-go/mcp"
@@ -28,6 +29,8 @@ type Cluster interface {
 	Members() []membership.Member
 	// ReportUnreachable tells the leader a node refused a connection.
 	ReportUnreachable(id string)
+	// SetLoad gossips the calls running on this node.
+	SetLoad(inflight int) error
 }
 
 // Version is reported to MCP clients as the server version.
@@ -75,6 +78,8 @@ type Server struct {
 
 	mu         sync.Mutex
 	registered map[string]string // tool name → spec registered with mcp-go
+
+	inflight atomic.Int64 // calls running on this node (local or for another node)
 
 	ready     chan struct{} // closed once providers are declared and the catalog registered
 	readyOnce sync.Once
@@ -240,6 +245,9 @@ func (s *Server) syncLoop() {
 	defer unsubscribe()
 	ticker := time.NewTicker(s.cfg.SyncInterval)
 	defer ticker.Stop()
+	loadTicker := time.NewTicker(loadInterval)
+	defer loadTicker.Stop()
+	gossiped := int64(0)
 	declared := false
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -264,14 +272,27 @@ func (s *Server) syncLoop() {
 		if declared && s.everywhereRegistered() {
 			s.readyOnce.Do(func() { close(s.ready) })
 		}
-		select {
-		case <-s.stop:
-			return
-		case <-changes:
-		case <-ticker.C:
+		for waiting := true; waiting; {
+			select {
+			case <-s.stop:
+				return
+			case <-changes:
+				waiting = false
+			case <-ticker.C:
+				waiting = false
+			case <-loadTicker.C:
+				if cur := s.inflight.Load(); cur != gossiped {
+					if err := s.cfg.Cluster.SetLoad(int(cur)); err == nil {
+						gossiped = cur
+					}
+				}
+			}
 		}
 	}
 }
+
+// loadInterval is how often a changed in-flight count is gossiped.
+const loadInterval = time.Second
 
 // Ready is closed once this node has declared its providers and registered
 // the catalog with its tools in mcp-go: from then on its clients see the
@@ -467,6 +488,8 @@ func (s *Server) runLocal(ctx context.Context, params mcplib.CallToolParams) (*m
 	if !running {
 		return nil, fmt.Errorf("%w: %s is not running here", ErrNotHolder, ct.Provider)
 	}
+	s.inflight.Add(1)
+	defer s.inflight.Add(-1)
 	res, err := lp.spec.Call(ctx, mcplib.CallToolRequest{Request: mcplib.Request{Method: string(mcplib.MethodToolsCall)}, Params: params})
 	if err != nil || res == nil {
 		return res, err
