@@ -210,6 +210,12 @@ func (s *Server) InternalHandler() http.Handler {
 	return &internalHandler{node: s.node, run: s, logger: s.logger}
 }
 
+// CloseStreams ends the long-lived streams of this node's clients (GET
+// streams of 2025-11-25 sessions), so the HTTP server can stop. The
+// sessions themselves stay in the cluster: the clients resume them on
+// another node.
+func (s *Server) CloseStreams(ctx context.Context) { s.http.CloseSessions(ctx) }
+
 // Close stops the sync loop and every running provider.
 func (s *Server) Close() error {
 	select {

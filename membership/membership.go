@@ -63,6 +63,12 @@ type member struct {
 // New validates cfg, creates the memberlist (binding the gossip ports) and
 // starts the background join loop. memberlist's log lines are forwarded to
 // cfg.Logger at the matching level.
+// Gossip tuning floors for small clusters (see New).
+const (
+	minRetransmitMult = 4
+	maxPushPull       = 10 * time.Second
+)
+
 func New(cfg Config) (*Membership, error) {
 	def := DefaultConfig()
 	if cfg.NodeID == "" {
@@ -86,6 +92,12 @@ func New(cfg Config) (*Membership, error) {
 	default:
 		return nil, fmt.Errorf("membership: unknown profile %q (want \"lan\" or \"local\")", cfg.Profile)
 	}
+	// Clusters of a few nodes: with memberlist's own numbers an update (a
+	// node's status) reaches every peer only with luck, and a missed one
+	// waits for the next push/pull. Send updates more often and sync state
+	// at least every 10 s, a small cost at this size.
+	mc.RetransmitMult = max(mc.RetransmitMult, minRetransmitMult)
+	mc.PushPullInterval = min(mc.PushPullInterval, maxPushPull)
 	if n := len(cfg.SecretKey); n != 0 && n != 16 && n != 24 && n != 32 {
 		return nil, fmt.Errorf("membership: secret key is %d bytes, want 16, 24 or 32", n)
 	}

@@ -171,9 +171,14 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) Close() error {
 	close(a.stopped)
 	_ = a.node.SetStatus(membership.StatusStopping)
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	herr := a.httpSrv.Shutdown(sctx)
+	a.mcp.CloseStreams(ctx)
+	var herr error
+	if err := a.httpSrv.Shutdown(ctx); err != nil {
+		// Streams that outlive the grace (2026-07-28 listen streams) are cut.
+		herr = a.httpSrv.Close()
+	}
 	if herr != nil {
 		herr = fmt.Errorf("stop http server: %w", herr)
 	}
