@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -263,6 +264,27 @@ func TestUpstreamProviders(t *testing.T) {
 	if got := up.calls.Load(); got != 3 {
 		t.Fatalf("HTTP upstream ran %d calls, want 3", got)
 	}
+
+	// The stdio upstream dies on its own: its holder starts it again.
+	var childPID int
+	if _, err := fmt.Sscanf(pid, "pid %d", &childPID); err != nil {
+		t.Fatalf("whoami answer %q: %v", pid, err)
+	}
+	if err := syscall.Kill(childPID, syscall.SIGKILL); err != nil {
+		t.Fatalf("kill stdio upstream %d: %v", childPID, err)
+	}
+	onHolder := mcpgoClient(t, holder.mcpURL(), legacy)
+	waitFor(t, 20*time.Second, func() error {
+		who, ranOn, err := callTool(ctx, onHolder, "demo_whoami", nil)
+		if err != nil {
+			return err
+		}
+		if ranOn != holder.id || who == pid {
+			return fmt.Errorf("answered by %q on %s", who, ranOn)
+		}
+		pid = who
+		return nil
+	})
 
 	holder.kill()
 	via := c.except(holder.id)[0]
