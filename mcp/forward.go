@@ -1,7 +1,6 @@
 package mcp
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -11,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -100,6 +100,8 @@ func (h *internalHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		defer cancel()
 	}
 
+	// Progress frames stream (chunked, flushed each); a call without
+	// progress is answered in one plain response.
 	var (
 		mu      sync.Mutex
 		started bool
@@ -111,10 +113,22 @@ func (h *internalHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		defer mu.Unlock()
 		if !started {
 			w.Header().Set("Content-Type", "application/x-ndjson")
+			if f.Progress == nil {
+				b, err := json.Marshal(f)
+				if err != nil {
+					b, _ = json.Marshal(callFrame{Error: &frameError{Kind: errKindFailed, Message: "encode frame: " + err.Error()}})
+				}
+				b = append(b, '\n')
+				w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+				w.WriteHeader(http.StatusOK)
+				started = true
+				_, _ = w.Write(b)
+				return
+			}
 			w.WriteHeader(http.StatusOK)
 			started = true
 		}
-		if err := enc.Encode(f); err == nil && flusher != nil {
+		if err := enc.Encode(f); err == nil && f.Progress != nil && flusher != nil {
 			flusher.Flush()
 		}
 	}
@@ -231,12 +245,17 @@ func (f *forwarder) call(ctx context.Context, rpcAddr string, params mcplib.Call
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
 		return nil, fmt.Errorf("forward to %s: %s: %s", rpcAddr, resp.Status, bytes.TrimSpace(msg))
 	}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), maxForwardBody)
-	for sc.Scan() {
+	dec := json.NewDecoder(io.LimitReader(resp.Body, maxForwardBody))
+	for {
 		var fr callFrame
-		if err := json.Unmarshal(sc.Bytes(), &fr); err != nil {
-			return nil, &sendError{err: fmt.Errorf("bad frame from %s: %w", rpcAddr, err), sent: true}
+		if err := dec.Decode(&fr); err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			if ctx.Err() != nil {
+				err = ctx.Err()
+			}
+			return nil, &sendError{err: fmt.Errorf("forward to %s: %w", rpcAddr, err), sent: true}
 		}
 		switch {
 		case fr.Progress != nil:
@@ -251,14 +270,6 @@ func (f *forwarder) call(ctx context.Context, rpcAddr string, params mcplib.Call
 			return &res, nil
 		}
 	}
-	err = sc.Err()
-	if err == nil {
-		err = io.ErrUnexpectedEOF
-	}
-	if ctx.Err() != nil {
-		err = ctx.Err()
-	}
-	return nil, &sendError{err: fmt.Errorf("forward to %s: %w", rpcAddr, err), sent: true}
 }
 
 func remoteError(e *frameError) error {

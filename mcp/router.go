@@ -95,10 +95,8 @@ func (r *router) route(ctx context.Context, params mcplib.CallToolParams) (*mcpl
 			return res, err
 		}
 	}
-	repeatable := false
-	if t, err := toolFromJSON(ct.Spec); err == nil {
-		repeatable = safeToRepeat(t)
-	}
+	rep, _ := s.repeatable.Load(params.Name)
+	repeatable, _ := rep.(bool)
 	// sent: holders that may have run the call (never sent it again);
 	// skip: holders that could not take it, until the next wait.
 	sent, skip := map[string]bool{}, map[string]bool{}

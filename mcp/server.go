@@ -78,6 +78,7 @@ type Server struct {
 
 	mu         sync.Mutex
 	registered map[string]string // tool name → spec registered with mcp-go
+	repeatable sync.Map          // tool name → bool: safe to send to another holder after a failure
 
 	inflight atomic.Int64 // calls running on this node (local or for another node)
 
@@ -462,12 +463,14 @@ func (s *Server) syncTools() {
 		t.Name = ct.Name
 		add = append(add, server.ServerTool{Tool: t, Handler: s.router.handle})
 		s.registered[ct.Name] = string(ct.Spec)
+		s.repeatable.Store(ct.Name, safeToRepeat(t))
 	}
 	var del []string
 	for name := range s.registered {
 		if !seen[name] {
 			del = append(del, name)
 			delete(s.registered, name)
+			s.repeatable.Delete(name)
 		}
 	}
 	if len(add) > 0 {

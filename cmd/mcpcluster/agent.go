@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"sync"
 	"time"
@@ -114,6 +115,12 @@ func NewAgent(cfg AgentConfig, logger *slog.Logger) (*Agent, error) {
 	apiCfg.Ready = a.mcp.ReadyErr
 	mux := http.NewServeMux()
 	mux.Handle("/mcp", a.mcp.Handler())
+	if cfg.EnableDebug {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	mux.Handle("/", cluster.NewAPI(a.node, apiCfg))
 	a.httpSrv = &http.Server{
 		Handler:           mux,

@@ -35,6 +35,7 @@ type AgentConfig struct {
 	LogFormat        string        `yaml:"log_format"`
 	Dev              bool          `yaml:"dev"`
 	LeaveOnTerminate bool          `yaml:"leave_on_terminate"`
+	EnableDebug      bool          `yaml:"enable_debug"`
 	DeadServerTime   time.Duration `yaml:"dead_server_timeout"`
 	ReconcileEvery   time.Duration `yaml:"reconcile_interval"`
 	RaftHeartbeat    time.Duration `yaml:"raft_heartbeat_timeout"`
@@ -163,6 +164,7 @@ var agentOptions = []option{
 	{name: "log-format", usage: "text or json", set: str(func(c *AgentConfig) *string { return &c.LogFormat })},
 	{name: "dev", usage: "run a single self-bootstrapping node that needs nothing else", bool: true, set: boolean(func(c *AgentConfig) *bool { return &c.Dev })},
 	{name: "leave-on-terminate", usage: "leave the cluster on SIGTERM/SIGINT instead of just stopping", bool: true, set: boolean(func(c *AgentConfig) *bool { return &c.LeaveOnTerminate })},
+	{name: "enable-debug", usage: "serve Go profiles at /debug/pprof/ on the HTTP port", bool: true, set: boolean(func(c *AgentConfig) *bool { return &c.EnableDebug })},
 	{name: "dead-server-timeout", usage: "how long a failed server stays a voter before the leader removes it", set: dur(func(c *AgentConfig) *time.Duration { return &c.DeadServerTime })},
 	{name: "reconcile-interval", usage: "how often the leader reconciles gossip into raft", set: dur(func(c *AgentConfig) *time.Duration { return &c.ReconcileEvery })},
 	{name: "raft-heartbeat-timeout", usage: "raft heartbeat timeout (failure detection of the leader)", set: dur(func(c *AgentConfig) *time.Duration { return &c.RaftHeartbeat })},
