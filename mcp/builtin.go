@@ -15,9 +15,9 @@ import (
 // BuiltinName is the name of the built-in tools' provider.
 const BuiltinName = "builtin"
 
-// builtin is the provider of the built-in tools: deterministic ones for
-// demos, tests and benchmarks, and a read-only view of the cluster.
-type builtin struct {
+// static is a provider of a fixed set of tools run in this process: the
+// built-in tools, or tools a program embedding a node registers.
+type static struct {
 	name     string
 	tools    []mcplib.Tool
 	handlers map[string]server.ToolHandlerFunc
@@ -29,12 +29,19 @@ type StatusFunc func() any
 // NewBuiltin returns a provider of the built-in tools under the given
 // provider name. status feeds cluster_status; nil leaves that tool out.
 func NewBuiltin(name string, status StatusFunc) Provider {
-	b := &builtin{name: name, handlers: map[string]server.ToolHandlerFunc{}}
-	for _, st := range BuiltinTools(status) {
-		b.tools = append(b.tools, st.Tool)
-		b.handlers[st.Tool.Name] = st.Handler
+	return NewStatic(name, BuiltinTools(status)...)
+}
+
+// NewStatic returns a provider of the given mcp-go tools, run in this
+// process: the way a program embedding a node adds its own tools. A tool's
+// handler can report progress with ReportProgress.
+func NewStatic(name string, tools ...server.ServerTool) Provider {
+	p := &static{name: name, handlers: map[string]server.ToolHandlerFunc{}}
+	for _, st := range tools {
+		p.tools = append(p.tools, st.Tool)
+		p.handlers[st.Tool.Name] = st.Handler
 	}
-	return b
+	return p
 }
 
 // BuiltinTools returns the built-in tools with their handlers: echo, sleep
@@ -63,12 +70,12 @@ func withClientProgress(h server.ToolHandlerFunc) server.ToolHandlerFunc {
 	}
 }
 
-func (b *builtin) Name() string                                 { return b.name }
-func (b *builtin) Start(context.Context) error                  { return nil }
-func (b *builtin) Close() error                                 { return nil }
-func (b *builtin) Tools(context.Context) ([]mcplib.Tool, error) { return b.tools, nil }
+func (b *static) Name() string                                 { return b.name }
+func (b *static) Start(context.Context) error                  { return nil }
+func (b *static) Close() error                                 { return nil }
+func (b *static) Tools(context.Context) ([]mcplib.Tool, error) { return b.tools, nil }
 
-func (b *builtin) Call(ctx context.Context, req mcplib.CallToolRequest) (*mcplib.CallToolResult, error) {
+func (b *static) Call(ctx context.Context, req mcplib.CallToolRequest) (*mcplib.CallToolResult, error) {
 	h, ok := b.handlers[req.Params.Name]
 	if !ok {
 		return nil, fmt.Errorf("%w: %s", ErrUnknownTool, req.Params.Name)
