@@ -74,7 +74,16 @@ type Command struct {
 	Value      []byte      `json:"value,omitempty"`      // CacheSet
 	ExpiresAt  int64       `json:"expires_at,omitempty"` // CacheSet: absolute unix ns; 0 = never
 	CAS        *uint64     `json:"cas,omitempty"`        // CacheSet/CacheDelete: only if the live entry's Version == *CAS; 0 = must not exist
-	Limit      int         `json:"limit,omitempty"`      // SessionExpire/CacheExpire: max removed, 0 = no limit
+	// CacheSet/CacheDelete: with CompareValue, only if the key is live and
+	// its value equals OldValue.
+	CompareValue bool   `json:"cmp,omitempty"`
+	OldValue     []byte `json:"old,omitempty"`
+	// CacheSet: the bounds to keep after this write (0 = unbounded); the
+	// oldest writes are evicted. Carried in the command so every replica
+	// evicts the same entries whatever its configuration.
+	MaxEntries int   `json:"max_entries,omitempty"`
+	MaxBytes   int64 `json:"max_bytes,omitempty"`
+	Limit      int   `json:"limit,omitempty"` // SessionExpire/CacheExpire: max removed, 0 = no limit
 }
 
 // Encode returns the log encoding of c: EncodingVersion, the type byte, then
@@ -136,6 +145,8 @@ func (c *Command) validate() error {
 		return errors.New("negative idle_ttl")
 	case c.Limit < 0:
 		return errors.New("negative limit")
+	case c.MaxEntries < 0 || c.MaxBytes < 0:
+		return errors.New("negative cache bound")
 	}
 	switch c.Type {
 	case TypeNodeRegister:
@@ -217,6 +228,7 @@ func (t *Tool) validate() error {
 // round trip unchanged.
 func (c *Command) normalize() {
 	c.Value = nilIfEmpty(c.Value)
+	c.OldValue = nilIfEmpty(c.OldValue)
 	c.Providers = nilIfEmpty(c.Providers)
 	for i := range c.Providers {
 		c.Providers[i].Nodes = nilIfEmpty(c.Providers[i].Nodes)

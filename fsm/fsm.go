@@ -35,6 +35,8 @@ type state struct {
 	sessions   map[string]Session
 	cache      map[string]CacheEntry
 	cacheBytes int64
+	writes     []keyVersion // derived: cache writes, oldest first (eviction)
+	expiry     expiryHeap   // derived: entries with a TTL by expiry (expiration)
 	dedupe     map[string]Result
 	order      []string // dedupe keys, oldest first
 }
@@ -179,19 +181,17 @@ func (s *state) apply(index uint64, c *Command) (*Result, bool) {
 			r.Removed++
 		}
 	case TypeCacheSet:
-		if cur := s.liveVersion(c.Key, c.Now); c.CAS != nil && *c.CAS != cur {
+		if fails, cur := s.casFails(c); fails {
 			r.Code, r.Version = CodeCASMismatch, cur
 			break
 		}
-		s.cacheDelete(c.Key)
-		e := CacheEntry{Key: c.Key, Value: c.Value, Version: index, ExpiresAt: c.ExpiresAt}
-		s.cache[e.Key] = e
-		s.cacheBytes += e.size()
+		s.cachePut(CacheEntry{Key: c.Key, Value: c.Value, Version: index, ExpiresAt: c.ExpiresAt})
 		r.Version = index
+		r.Removed = s.evict(c.MaxEntries, c.MaxBytes, c.Key)
 	case TypeCacheDelete:
-		cur := s.liveVersion(c.Key, c.Now)
+		fails, cur := s.casFails(c)
 		switch {
-		case c.CAS != nil && *c.CAS != cur:
+		case fails:
 			r.Code, r.Version = CodeCASMismatch, cur
 		case cur == 0:
 			r.Code = CodeNotFound
@@ -200,16 +200,7 @@ func (s *state) apply(index uint64, c *Command) (*Result, bool) {
 			r.Removed = 1
 		}
 	case TypeCacheExpire:
-		var keys []string
-		for k, e := range s.cache {
-			if e.expired(c.Now) {
-				keys = append(keys, k)
-			}
-		}
-		for _, k := range firstN(keys, c.Limit) {
-			s.cacheDelete(k)
-			r.Removed++
-		}
+		r.Removed = s.expire(c.Now, c.Limit)
 	}
 	if c.RequestID != "" {
 		s.remember(c.RequestID, r)

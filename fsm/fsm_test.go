@@ -383,6 +383,12 @@ func randomCommands(seed int64, n int) []*Command {
 			if c.Type == TypeCacheSet && rng.Intn(2) == 0 {
 				c.ExpiresAt = now + int64(rng.Intn(100))
 			}
+			if c.Type == TypeCacheSet && rng.Intn(3) == 0 {
+				c.MaxEntries, c.MaxBytes = rng.Intn(25)+1, int64(rng.Intn(400)+50)
+			}
+			if rng.Intn(5) == 0 {
+				c.CompareValue, c.OldValue = true, []byte(pick("v", 1000))
+			}
 			if rng.Intn(3) == 0 {
 				c.CAS = u64(uint64(rng.Intn(i + 1)))
 			}

@@ -72,6 +72,7 @@ func (s *state) clone() *state {
 	c.assigns = maps.Clone(s.assigns)
 	c.sessions = maps.Clone(s.sessions)
 	c.cache = maps.Clone(s.cache)
+	c.writes, c.expiry = nil, nil // derived; snapshots don't carry them
 	c.dedupe = maps.Clone(s.dedupe)
 	c.order = slices.Clone(s.order)
 	return &c
@@ -215,6 +216,7 @@ func decodeState(r io.Reader) (*state, error) {
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return nil, errors.New("trailing data after end record")
 	}
+	st.rebuildIndexes()
 	return st, nil
 }
 
@@ -286,7 +288,7 @@ func (s *state) restore(r *record) error {
 		}
 		s.cache[e.Key] = *e
 		s.cacheBytes += e.size()
-		return nil
+		return nil // indexes are rebuilt once every entry is read
 	case kindDedupe:
 		d := r.Dedupe
 		if d == nil || d.ID == "" || d.Result.Duplicate {
