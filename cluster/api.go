@@ -80,9 +80,6 @@ func (n *Node) Status() Status {
 
 // APIConfig configures the admin HTTP API.
 type APIConfig struct {
-	// MaxKeyBytes bounds cache keys; MaxValueBytes bounds cache values.
-	MaxKeyBytes   int
-	MaxValueBytes int64
 	// OnLeave runs after a successful POST /v1/agent/leave (the agent exits).
 	OnLeave func()
 	// Ready, if set, must also return nil for the node to be ready (the
@@ -92,12 +89,11 @@ type APIConfig struct {
 }
 
 // DefaultAPIConfig returns the API defaults.
-func DefaultAPIConfig() APIConfig {
-	return APIConfig{MaxKeyBytes: 512, MaxValueBytes: 1 << 20}
-}
+func DefaultAPIConfig() APIConfig { return APIConfig{} }
 
 // API serves the node's admin endpoints: /healthz, /readyz, /v1/status,
-// /v1/fsm/hash, /v1/cache/{key} and /v1/agent/leave.
+// /v1/fsm/hash, /v1/catalog, /v1/cache (list), /v1/cache/{key} and
+// /v1/agent/leave.
 type API struct {
 	n   *Node
 	cfg APIConfig
@@ -115,6 +111,7 @@ func NewAPI(n *Node, cfg APIConfig) *API {
 	a.mux.HandleFunc("GET /v1/status", a.status)
 	a.mux.HandleFunc("GET /v1/fsm/hash", a.hash)
 	a.mux.HandleFunc("GET /v1/catalog", a.catalog)
+	a.mux.HandleFunc("GET /v1/cache", a.cacheList)
 	a.mux.HandleFunc("GET /v1/cache/{key...}", a.cacheGet)
 	a.mux.HandleFunc("PUT /v1/cache/{key...}", a.cacheSet)
 	a.mux.HandleFunc("DELETE /v1/cache/{key...}", a.cacheDelete)
@@ -216,17 +213,14 @@ func (a *API) catalog(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, c)
 }
 
-func (a *API) key(w http.ResponseWriter, r *http.Request) (string, bool) {
-	key := r.PathValue("key")
-	switch {
-	case key == "":
-		writeError(w, http.StatusBadRequest, errors.New("empty cache key"))
-		return "", false
-	case len(key) > a.cfg.MaxKeyBytes:
-		writeError(w, http.StatusBadRequest, fmt.Errorf("cache key is %d bytes, the maximum is %d", len(key), a.cfg.MaxKeyBytes))
-		return "", false
+// writeCacheError answers a failed cache request: 400 for bad input,
+// 503 when the cluster could not answer.
+func writeCacheError(w http.ResponseWriter, err error) {
+	if errors.Is(err, ErrInvalid) {
+		writeError(w, http.StatusBadRequest, err)
+		return
 	}
-	return key, true
+	writeError(w, http.StatusServiceUnavailable, err)
 }
 
 func setReadHeaders(w http.ResponseWriter, info ReadInfo) {
@@ -235,27 +229,31 @@ func setReadHeaders(w http.ResponseWriter, info ReadInfo) {
 	w.Header().Set("X-Mcpcluster-Index", strconv.FormatUint(info.Index, 10))
 }
 
-func (a *API) cacheGet(w http.ResponseWriter, r *http.Request) {
-	key, ok := a.key(w, r)
-	if !ok {
-		return
-	}
+func consistencyParam(w http.ResponseWriter, r *http.Request) (Consistency, bool) {
 	level, err := ParseConsistency(r.URL.Query().Get("consistency"))
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err)
+		return "", false
+	}
+	return level, true
+}
+
+func (a *API) cacheGet(w http.ResponseWriter, r *http.Request) {
+	level, ok := consistencyParam(w, r)
+	if !ok {
 		return
 	}
-	info, err := a.n.ReadBarrier(r.Context(), level)
-	if err != nil {
-		writeError(w, http.StatusServiceUnavailable, err)
+	e, info, err := a.n.CacheGet(r.Context(), r.PathValue("key"), level)
+	switch {
+	case errors.Is(err, fsm.ErrNotFound):
+		setReadHeaders(w, info)
+		writeError(w, http.StatusNotFound, err)
+		return
+	case err != nil:
+		writeCacheError(w, err)
 		return
 	}
 	setReadHeaders(w, info)
-	e, found := a.n.fsm.CacheGet(key, time.Now().UnixNano())
-	if !found {
-		writeError(w, http.StatusNotFound, fmt.Errorf("cache key %q not found", key))
-		return
-	}
 	w.Header().Set("X-Mcpcluster-Version", strconv.FormatUint(e.Version, 10))
 	if e.ExpiresAt != 0 {
 		w.Header().Set("X-Mcpcluster-Expires", time.Unix(0, e.ExpiresAt).UTC().Format(time.RFC3339Nano))
@@ -264,23 +262,64 @@ func (a *API) cacheGet(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write(e.Value)
 }
 
-// writeTarget validates the key and ?cas= (absent → nil) of a cache write,
-// answering 400 itself when they are bad.
-func (a *API) writeTarget(w http.ResponseWriter, r *http.Request) (string, *uint64, bool) {
-	key, ok := a.key(w, r)
+// CacheListEntry is one entry of GET /v1/cache (Value is base64 in JSON).
+type CacheListEntry struct {
+	Key       string `json:"key"`
+	Value     []byte `json:"value"`
+	Version   uint64 `json:"version"`
+	ExpiresAt int64  `json:"expires_at,omitempty"`
+}
+
+func (a *API) cacheList(w http.ResponseWriter, r *http.Request) {
+	level, ok := consistencyParam(w, r)
 	if !ok {
-		return "", nil, false
+		return
 	}
-	s := r.URL.Query().Get("cas")
-	if s == "" {
-		return key, nil, true
+	q := r.URL.Query()
+	limit := 100
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("limit %q is not a number", s))
+			return
+		}
+		limit = n
 	}
-	v, err := strconv.ParseUint(s, 10, 64)
+	entries, info, err := a.n.CacheList(r.Context(), q.Get("prefix"), q.Get("after"), limit, level)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, fmt.Errorf("cas %q is not a version number", s))
-		return "", nil, false
+		writeCacheError(w, err)
+		return
 	}
-	return key, &v, true
+	setReadHeaders(w, info)
+	out := make([]CacheListEntry, len(entries))
+	for i, e := range entries {
+		out[i] = CacheListEntry{Key: e.Key, Value: e.Value, Version: e.Version, ExpiresAt: e.ExpiresAt}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"entries": out})
+}
+
+// writeOptions parses ?ttl=, ?cas= and ?old= of a cache write.
+func writeOptions(r *http.Request) (SetOptions, error) {
+	q := r.URL.Query()
+	var opt SetOptions
+	if s := q.Get("ttl"); s != "" {
+		ttl, err := time.ParseDuration(s)
+		if err != nil || ttl <= 0 {
+			return opt, fmt.Errorf("%w: ttl %q must be a positive duration such as 30s", ErrInvalid, s)
+		}
+		opt.TTL = ttl
+	}
+	if s := q.Get("cas"); s != "" {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			return opt, fmt.Errorf("%w: cas %q is not a version number", ErrInvalid, s)
+		}
+		opt.CAS = &v
+	}
+	if q.Has("old") {
+		opt.CompareValue, opt.OldValue = true, []byte(q.Get("old"))
+	}
+	return opt, nil
 }
 
 // writeResult answers a cache write from its fsm.Result.
@@ -291,52 +330,44 @@ func writeResult(w http.ResponseWriter, res *fsm.Result) {
 	case errors.Is(res.Err(), fsm.ErrNotFound):
 		writeJSON(w, http.StatusNotFound, map[string]any{"error": "not found"})
 	default:
-		writeJSON(w, http.StatusOK, map[string]any{"version": res.Version, "index": res.Index})
+		writeJSON(w, http.StatusOK, map[string]any{"version": res.Version, "index": res.Index, "evicted": res.Removed})
 	}
 }
 
 func (a *API) cacheSet(w http.ResponseWriter, r *http.Request) {
-	key, cas, ok := a.writeTarget(w, r)
-	if !ok {
+	opt, err := writeOptions(r)
+	if err != nil {
+		writeCacheError(w, err)
 		return
 	}
-	now := time.Now()
-	cmd := &fsm.Command{Type: fsm.TypeCacheSet, Key: key, CAS: cas, Now: now.UnixNano()}
-	if s := r.URL.Query().Get("ttl"); s != "" {
-		ttl, err := time.ParseDuration(s)
-		if err != nil || ttl <= 0 {
-			writeError(w, http.StatusBadRequest, fmt.Errorf("ttl %q must be a positive duration such as 30s", s))
-			return
-		}
-		cmd.ExpiresAt = now.Add(ttl).UnixNano()
-	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, a.cfg.MaxValueBytes))
+	limit := int64(a.n.cfg.Cache.MaxValueBytes)
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			writeError(w, http.StatusRequestEntityTooLarge, fmt.Errorf("cache value exceeds the maximum of %d bytes", a.cfg.MaxValueBytes))
+			writeError(w, http.StatusRequestEntityTooLarge, fmt.Errorf("cache value exceeds the maximum of %d bytes", limit))
 			return
 		}
 		writeError(w, http.StatusBadRequest, fmt.Errorf("read body: %w", err))
 		return
 	}
-	cmd.Value = body
-	res, err := a.n.Apply(r.Context(), cmd)
+	res, err := a.n.CacheSet(r.Context(), r.PathValue("key"), body, opt)
 	if err != nil {
-		writeError(w, http.StatusServiceUnavailable, err)
+		writeCacheError(w, err)
 		return
 	}
 	writeResult(w, res)
 }
 
 func (a *API) cacheDelete(w http.ResponseWriter, r *http.Request) {
-	key, cas, ok := a.writeTarget(w, r)
-	if !ok {
+	opt, err := writeOptions(r)
+	if err != nil {
+		writeCacheError(w, err)
 		return
 	}
-	res, err := a.n.Apply(r.Context(), &fsm.Command{Type: fsm.TypeCacheDelete, Key: key, CAS: cas})
+	res, err := a.n.CacheDelete(r.Context(), r.PathValue("key"), opt)
 	if err != nil {
-		writeError(w, http.StatusServiceUnavailable, err)
+		writeCacheError(w, err)
 		return
 	}
 	writeResult(w, res)

@@ -61,6 +61,9 @@ type Config struct {
 	// ApplyTimeout bounds a write when the caller's context has no deadline.
 	ApplyTimeout time.Duration
 
+	// Cache bounds the shared cache.
+	Cache CacheConfig
+
 	// SessionIdleTTL: the leader expires MCP sessions unused this long
 	// (their last use is replicated); 0 keeps them until deleted.
 	SessionIdleTTL time.Duration
@@ -86,6 +89,7 @@ func DefaultConfig() Config {
 		SnapshotInterval:       30 * time.Second,
 		SnapshotRetain:         2,
 		ApplyTimeout:           10 * time.Second,
+		Cache:                  DefaultCacheConfig(),
 		LogLevel:               slog.LevelInfo,
 	}
 }
@@ -110,6 +114,9 @@ func (c *Config) validate() error {
 	}
 	if c.DeadServerTimeout <= 0 || c.ReconcileInterval <= 0 || c.ApplyTimeout <= 0 {
 		return errors.New("dead server timeout, reconcile interval and apply timeout must be positive")
+	}
+	if c.Cache.MaxEntries < 0 || c.Cache.MaxBytes < 0 || c.Cache.MaxKeyBytes <= 0 || c.Cache.MaxValueBytes <= 0 {
+		return errors.New("cache bounds: entries and bytes must be >= 0, key and value maximums positive")
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

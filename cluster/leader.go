@@ -77,6 +77,8 @@ func (n *Node) leaderLoop(stop chan struct{}) {
 	// Provider changes (a node declaring what it can run) need placement now.
 	changes, unsubscribe := n.fsm.Subscribe()
 	defer unsubscribe()
+	expiry := time.NewTicker(cacheExpiryCheck)
+	defer expiry.Stop()
 	for {
 		ctx, cancel := context.WithCancel(context.Background())
 		go func() {
@@ -90,15 +92,29 @@ func (n *Node) leaderLoop(stop chan struct{}) {
 			n.logger.Warn("reconcile failed", "error", err)
 		}
 		cancel()
-		select {
-		case <-stop:
-			return
-		case <-ticker.C:
-		case <-n.reconcileCh:
-		case <-changes:
+		for waiting := true; waiting; {
+			select {
+			case <-stop:
+				return
+			case <-ticker.C:
+				waiting = false
+			case <-n.reconcileCh:
+				waiting = false
+			case <-changes:
+				waiting = false
+			case <-expiry.C:
+				ctx, cancel := context.WithTimeout(context.Background(), n.cfg.ApplyTimeout)
+				if err := n.expireCache(ctx); err != nil {
+					n.logger.Warn("cache expiry failed", "error", err)
+				}
+				cancel()
+			}
 		}
 	}
 }
+
+// cacheExpiryCheck is how often the leader looks for expired cache entries.
+const cacheExpiryCheck = time.Second
 
 // reconciler carries what the leader remembers between reconcile passes.
 type reconciler struct {

@@ -38,6 +38,8 @@ type Placement struct {
 	// CacheTTL caches successful results of the provider's tools
 	// cluster-wide for this long; 0 disables caching.
 	CacheTTL time.Duration
+	// ToolCacheTTL overrides CacheTTL per tool (by its cluster name).
+	ToolCacheTTL map[string]time.Duration
 }
 
 // ProviderSpec is a provider with its placement, as a node declares it.

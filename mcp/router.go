@@ -54,7 +54,21 @@ func (r *router) handle(ctx context.Context, req mcplib.CallToolRequest) (*mcpli
 	if req.Params.Meta != nil && req.Params.Meta.ProgressToken != nil {
 		ctx = withProgress(ctx, clientProgress(ctx, req.Params.Meta.ProgressToken))
 	}
+	ttl := r.s.cacheTTL(req.Params.Name)
+	var key string
+	if ttl > 0 {
+		var err error
+		if key, err = resultKey(req.Params.Name, req.Params.Arguments); err != nil {
+			return nil, err
+		}
+		if res, ok := r.s.cachedResult(ctx, key); ok {
+			return res, nil
+		}
+	}
 	res, err := r.route(ctx, req.Params)
+	if err == nil && ttl > 0 && res != nil && !res.IsError {
+		r.s.storeResult(ctx, key, res, ttl)
+	}
 	if err != nil && ctx.Err() == context.DeadlineExceeded {
 		return nil, fmt.Errorf("tool %q timed out after %s: %w", req.Params.Name, r.s.cfg.CallTimeout, err)
 	}

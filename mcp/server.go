@@ -31,6 +31,7 @@ type Cluster interface {
 	ReportUnreachable(id string)
 	// SetLoad gossips the calls running on this node.
 	SetLoad(inflight int) error
+	Cache
 }
 
 // Version is reported to MCP clients as the server version.
@@ -407,10 +408,10 @@ func (s *Server) syncProviders(ctx context.Context) {
 
 // publish replicates a provider's tool list when it differs from the catalog.
 func (s *Server) publish(ctx context.Context, provider string, tools []mcplib.Tool, lp *localProvider) error {
-	have := map[string]string{}
+	have := map[string]fsm.Tool{}
 	for _, t := range s.cfg.Cluster.FSM().Tools() {
 		if t.Provider == provider {
-			have[t.Name] = string(t.Spec)
+			have[t.Name] = t
 		}
 	}
 	names := make(map[string]bool, len(tools))
@@ -422,8 +423,9 @@ func (s *Server) publish(ctx context.Context, provider string, tools []mcplib.To
 			return err
 		}
 		names[t.Name] = true
-		out = append(out, fsm.Tool{Name: t.Name, Spec: spec})
-		if have[t.Name] != string(spec) { // both sides are json.Marshal output
+		ttl := int64(lp.spec.ToolCacheTTL[t.Name])
+		out = append(out, fsm.Tool{Name: t.Name, Spec: spec, CacheTTL: ttl})
+		if cur := have[t.Name]; string(cur.Spec) != string(spec) || cur.CacheTTL != ttl { // both specs are json.Marshal output
 			same = false
 		}
 	}

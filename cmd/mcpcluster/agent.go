@@ -78,6 +78,7 @@ func NewAgent(cfg AgentConfig, logger *slog.Logger) (*Agent, error) {
 	nc.RaftLeaderLeaseTimeout = min(cfg.RaftHeartbeat/2, 500*time.Millisecond)
 	nc.SnapshotThreshold = cfg.SnapshotEvery
 	nc.SessionIdleTTL = cfg.SessionIdleTTL
+	nc.Cache = cluster.CacheConfig{MaxEntries: cfg.CacheMaxEntries, MaxBytes: cfg.CacheMaxBytes, MaxKeyBytes: cfg.CacheMaxKey, MaxValueBytes: cfg.CacheMaxValue}
 	nc.Logger = logger
 	nc.LogLevel = level
 	a.node, err = cluster.New(nc)
@@ -98,7 +99,7 @@ func NewAgent(cfg AgentConfig, logger *slog.Logger) (*Agent, error) {
 	mc.Tokens = cfg.AuthTokens
 	node := a.node
 	status := func() any { return node.Status() }
-	mc.Providers, err = buildProviders(cfg.Providers, status, logger)
+	mc.Providers, err = buildProviders(cfg.Providers, status, node, logger)
 	if err == nil {
 		a.mcp, err = mcp.New(mc)
 	}
@@ -198,8 +199,8 @@ func (a *Agent) Close() error {
 
 // buildProviders turns the providers section into providers, the built-in
 // tools first.
-func buildProviders(cfgs []ProviderConfig, status mcp.StatusFunc, logger *slog.Logger) ([]mcp.ProviderSpec, error) {
-	out := []mcp.ProviderSpec{{Provider: mcp.NewBuiltin(mcp.BuiltinName, status)}}
+func buildProviders(cfgs []ProviderConfig, status mcp.StatusFunc, cache mcp.Cache, logger *slog.Logger) ([]mcp.ProviderSpec, error) {
+	out := []mcp.ProviderSpec{{Provider: mcp.NewStatic(mcp.BuiltinName, append(mcp.BuiltinTools(status), mcp.CacheTools(cache)...)...)}}
 	for _, pc := range cfgs {
 		var (
 			p   mcp.Provider
@@ -218,7 +219,7 @@ func buildProviders(cfgs []ProviderConfig, status mcp.StatusFunc, logger *slog.L
 		}
 		out = append(out, mcp.ProviderSpec{
 			Provider:  mcp.WithPrefix(p, pc.Prefix),
-			Placement: mcp.Placement{Replicas: pc.Replicas, CacheTTL: pc.CacheTTL},
+			Placement: mcp.Placement{Replicas: pc.Replicas, CacheTTL: pc.CacheTTL, ToolCacheTTL: pc.ToolCacheTTL},
 		})
 	}
 	return out, nil

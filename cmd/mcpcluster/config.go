@@ -44,6 +44,10 @@ type AgentConfig struct {
 	CallTimeout      time.Duration `yaml:"call_timeout"`
 	SessionIdleTTL   time.Duration `yaml:"session_idle_ttl"`
 	MaxBodyBytes     int64         `yaml:"max_body_bytes"`
+	CacheMaxEntries  int           `yaml:"cache_max_entries"`
+	CacheMaxBytes    int64         `yaml:"cache_max_bytes"`
+	CacheMaxKey      int           `yaml:"cache_max_key_bytes"`
+	CacheMaxValue    int           `yaml:"cache_max_value_bytes"`
 	// AuthTokens maps bearer tokens to principals; when set, /mcp requires
 	// one and sessions are bound to the principal that opened them. Config
 	// file or MCPCLUSTER_AUTH_TOKENS=token=principal,... (never a flag, so
@@ -71,24 +75,43 @@ type ProviderConfig struct {
 	Placement string        `yaml:"placement"`
 	Replicas  int           `yaml:"replicas"`
 	CacheTTL  time.Duration `yaml:"cache_ttl"`
+	// ToolCacheTTL sets the cache TTL of single tools (by cluster name,
+	// prefix included), overriding CacheTTL.
+	ToolCacheTTL map[string]time.Duration `yaml:"tool_cache_ttl"`
 }
 
 func defaultAgentConfig() AgentConfig {
 	return AgentConfig{
-		HTTPAddr:       "127.0.0.1:8700",
-		RPCAddr:        "127.0.0.1:8701",
-		GossipAddr:     "127.0.0.1:8702",
-		GossipProfile:  "lan",
-		LogLevel:       "info",
-		LogFormat:      "text",
-		DeadServerTime: 30 * time.Second,
-		ReconcileEvery: 5 * time.Second,
-		RaftHeartbeat:  time.Second,
-		RaftElection:   time.Second,
-		SnapshotEvery:  8192,
-		CallTimeout:    5 * time.Second,
-		SessionIdleTTL: 30 * time.Minute,
-		MaxBodyBytes:   1 << 20,
+		HTTPAddr:        "127.0.0.1:8700",
+		RPCAddr:         "127.0.0.1:8701",
+		GossipAddr:      "127.0.0.1:8702",
+		GossipProfile:   "lan",
+		LogLevel:        "info",
+		LogFormat:       "text",
+		DeadServerTime:  30 * time.Second,
+		ReconcileEvery:  5 * time.Second,
+		RaftHeartbeat:   time.Second,
+		RaftElection:    time.Second,
+		SnapshotEvery:   8192,
+		CallTimeout:     5 * time.Second,
+		SessionIdleTTL:  30 * time.Minute,
+		MaxBodyBytes:    1 << 20,
+		CacheMaxEntries: 1_000_000,
+		CacheMaxBytes:   256 << 20,
+		CacheMaxKey:     512,
+		CacheMaxValue:   1 << 20,
+	}
+}
+
+// positive returns an option setter for a positive integer field.
+func positive[T int | int64](p func(*AgentConfig) *T) func(*AgentConfig, string) error {
+	return func(c *AgentConfig, v string) error {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n <= 0 {
+			return fmt.Errorf("%q is not a positive number", v)
+		}
+		*p(c) = T(n)
+		return nil
 	}
 }
 
@@ -171,14 +194,11 @@ var agentOptions = []option{
 	{name: "raft-election-timeout", usage: "raft election timeout", set: dur(func(c *AgentConfig) *time.Duration { return &c.RaftElection })},
 	{name: "call-timeout", usage: "how long a tools/call may take, forwarding included", set: dur(func(c *AgentConfig) *time.Duration { return &c.CallTimeout })},
 	{name: "session-idle-ttl", usage: "MCP sessions unused this long expire on every node", set: dur(func(c *AgentConfig) *time.Duration { return &c.SessionIdleTTL })},
-	{name: "max-body-bytes", usage: "largest MCP request body accepted", set: func(c *AgentConfig, v string) error {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || n <= 0 {
-			return fmt.Errorf("%q is not a positive number", v)
-		}
-		c.MaxBodyBytes = n
-		return nil
-	}},
+	{name: "max-body-bytes", usage: "largest MCP request body accepted", set: positive(func(c *AgentConfig) *int64 { return &c.MaxBodyBytes })},
+	{name: "cache-max-entries", usage: "shared cache bound in entries; the oldest writes are evicted past it", set: positive(func(c *AgentConfig) *int { return &c.CacheMaxEntries })},
+	{name: "cache-max-bytes", usage: "shared cache bound in bytes of keys and values", set: positive(func(c *AgentConfig) *int64 { return &c.CacheMaxBytes })},
+	{name: "cache-max-key-bytes", usage: "longest cache key accepted", set: positive(func(c *AgentConfig) *int { return &c.CacheMaxKey })},
+	{name: "cache-max-value-bytes", usage: "largest cache value accepted", set: positive(func(c *AgentConfig) *int { return &c.CacheMaxValue })},
 	{name: "snapshot-threshold", usage: "raft log entries between snapshots", set: func(c *AgentConfig, v string) error {
 		n, err := strconv.ParseUint(v, 10, 64)
 		if err != nil || n == 0 {
@@ -411,6 +431,11 @@ func validateProviders(ps []ProviderConfig) error {
 			return fmt.Errorf("%s: placement %q is not everywhere or replicas", where, p.Placement)
 		case p.CacheTTL < 0:
 			return fmt.Errorf("%s: cache_ttl must be >= 0", where)
+		}
+		for tool, ttl := range p.ToolCacheTTL {
+			if ttl < 0 {
+				return fmt.Errorf("%s: tool_cache_ttl of %s must be >= 0", where, tool)
+			}
 		}
 	}
 	return nil

@@ -21,6 +21,7 @@ Commands:
   status    print a node's view of the cluster
   members   print the cluster's members with status and load
   tools     print the cluster's tool catalog with each tool's holders
+  cache     get, set, delete and list keys of the shared cache
   leave     make a node leave the cluster gracefully and exit
 `
 
@@ -45,6 +46,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runStatus(args[1:], stdout, stderr)
 	case "members":
 		err = runMembers(args[1:], stdout, stderr)
+	case "cache":
+		err = runCache(args[1:], os.Stdin, stdout, stderr)
 	case "tools":
 		err = runTools(args[1:], stdout, stderr)
 	case "leave":
