@@ -50,8 +50,8 @@ func (n *Node) Apply(ctx context.Context, cmd *fsm.Command) (*fsm.Result, error)
 		res, err = n.applyLocal(data, timeout)
 		return err
 	}, func(ctx context.Context, addr string) (bool, error) {
-		var reply ApplyReply
-		if err := n.pool.call(ctx, addr, "Apply", ApplyArgs{Data: data}, &reply); err != nil {
+		reply, err := n.forwardApply(ctx, addr, data)
+		if err != nil {
 			return false, err
 		}
 		res = &reply.Result

@@ -13,7 +13,7 @@ import (
 	"github.com/mcpcluster/mcpcluster/fsm"
 )
 
-func waitFor(t *testing.T, timeout time.Duration, fn func() error) {
+func waitFor(t testing.TB, timeout time.Duration, fn func() error) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -28,14 +28,14 @@ func waitFor(t *testing.T, timeout time.Duration, fn func() error) {
 	}
 }
 
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger(t testing.TB) *slog.Logger {
 	if os.Getenv("MCPCLUSTER_TEST_LOG") != "" {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	return slog.New(slog.DiscardHandler)
 }
 
-func testConfig(t *testing.T, id string, expect int, join ...string) Config {
+func testConfig(t testing.TB, id string, expect int, join ...string) Config {
 	cfg := DefaultConfig()
 	cfg.NodeID = id
 	cfg.DataDir = t.TempDir()
@@ -54,7 +54,7 @@ func testConfig(t *testing.T, id string, expect int, join ...string) Config {
 }
 
 // newTestCluster starts n in-process nodes that bootstrap together.
-func newTestCluster(t *testing.T, n int) []*Node {
+func newTestCluster(t testing.TB, n int) []*Node {
 	t.Helper()
 	first, err := New(testConfig(t, "n1", n))
 	if err != nil {
@@ -75,7 +75,7 @@ func newTestCluster(t *testing.T, n int) []*Node {
 }
 
 // waitStable waits for one leader seen by all nodes and want voters each.
-func waitStable(t *testing.T, nodes []*Node, want int) *Node {
+func waitStable(t testing.TB, nodes []*Node, want int) *Node {
 	t.Helper()
 	var leader *Node
 	waitFor(t, 20*time.Second, func() error {

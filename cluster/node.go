@@ -25,7 +25,11 @@ import (
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"github.com/mcpcluster/mcpcluster/fsm"
 	"github.com/mcpcluster/mcpcluster/membership"
+	"go.etcd.io/bbolt"
 )
+
+// logCacheSize is how many recent raft entries are kept in memory.
+const logCacheSize = 4096
 
 // ErrShutdown is returned by operations on a node that has shut down.
 var ErrShutdown = errors.New("node is shut down")
@@ -55,6 +59,7 @@ type Node struct {
 	notifyCh    chan bool
 	reconcileCh chan struct{}
 	bootstrapCh chan struct{}
+	forwardCh   chan *forwardReq // writes waiting to be batched to the leader
 	leaderReady atomic.Bool
 
 	shutdownCh   chan struct{}
@@ -75,6 +80,7 @@ func New(cfg Config) (_ *Node, err error) {
 		notifyCh:    make(chan bool, 16),
 		reconcileCh: make(chan struct{}, 1),
 		bootstrapCh: make(chan struct{}, 1),
+		forwardCh:   make(chan *forwardReq, maxForwardBatch),
 		unreachable: make(map[string]bool),
 		shutdownCh:  make(chan struct{}),
 	}
@@ -94,9 +100,25 @@ func New(cfg Config) (_ *Node, err error) {
 	n.logger = cfg.Logger.With("node", n.id)
 
 	// Storage first: it is what everything else stands on, and closed last.
-	n.store, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.DataDir, "raft", "raft.db")})
+	// Every commit is fsynced; the freelist is not written with it (it is
+	// rebuilt when the file is opened), which halves the pages each commit
+	// writes.
+	n.store, err = raftboltdb.New(raftboltdb.Options{
+		Path: filepath.Join(cfg.DataDir, "raft", "raft.db"),
+		BoltOptions: &bbolt.Options{
+			Timeout:        time.Second,
+			NoFreelistSync: true,
+			FreelistType:   bbolt.FreelistMapType,
+		},
+	})
 	if err != nil {
 		return nil, fmt.Errorf("open raft store: %w", err)
+	}
+	// Recent entries stay in memory: replication and commit read them
+	// back without a bolt read and a decode each.
+	logs, err := raft.NewLogCache(logCacheSize, n.store)
+	if err != nil {
+		return nil, fmt.Errorf("create log cache: %w", err)
 	}
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(filepath.Join(cfg.DataDir, "raft"), cfg.SnapshotRetain, newHclog(cfg.Logger, "raft-snapshot", cfg.LogLevel))
 	if err != nil {
@@ -155,7 +177,7 @@ func New(cfg Config) (_ *Node, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("check existing raft state: %w", err)
 	}
-	n.raft, err = raft.NewRaft(rc, n.fsm, n.store, n.store, snaps, n.transport)
+	n.raft, err = raft.NewRaft(rc, n.fsm, logs, n.store, snaps, n.transport)
 	if err != nil {
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
@@ -181,6 +203,7 @@ func New(cfg Config) (_ *Node, err error) {
 
 	n.goFunc(n.monitorLeadership)
 	n.goFunc(n.watchMembers)
+	n.goFunc(n.runForwarder)
 	if cfg.BootstrapExpect > 0 && !n.hadState {
 		n.goFunc(n.bootstrapLoop)
 	}

@@ -13,13 +13,11 @@ import (
 	"github.com/mcpcluster/mcpcluster/fsm"
 )
 
-// ApplyArgs carries one encoded fsm.Command to the leader.
-type ApplyArgs struct{ Data []byte }
-
-// ApplyReply is the leader's answer to ApplyArgs.
+// ApplyReply is the leader's answer for one command of ApplyBatchArgs.
 type ApplyReply struct {
 	Result    fsm.Result
 	NotLeader bool
+	Err       string // a failure other than leadership (ApplyBatch)
 }
 
 // ReadIndexArgs asks the leader for the index a read must wait for.
@@ -54,24 +52,6 @@ type UnreachableReply struct{ NotLeader bool }
 
 // rpcService is the node-to-node RPC surface, registered as "Cluster".
 type rpcService struct{ n *Node }
-
-// Apply commits a command if this node leads.
-func (s *rpcService) Apply(args ApplyArgs, reply *ApplyReply) error {
-	if s.n.raft.State() != raft.Leader {
-		reply.NotLeader = true
-		return nil
-	}
-	res, err := s.n.applyLocal(args.Data, s.n.cfg.ApplyTimeout)
-	if errors.Is(err, errRetry) {
-		reply.NotLeader = true
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	reply.Result = *res
-	return nil
-}
 
 // ReadIndex returns the leader's commit index, after confirming leadership
 // with a quorum when the read is linearizable.

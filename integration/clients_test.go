@@ -25,6 +25,7 @@ import (
 // demo_* on one node, forecast on two.
 var matrixHolders = map[string]int{
 	"echo": 3, "sleep": 3, "sha256": 3, "cluster_status": 3,
+	"cache_get": 3, "cache_set": 3, "cache_delete": 3,
 	"pinned_echo": 1, "pinned_sleep": 1, "pinned_sha256": 1, "pinned_cluster_status": 1,
 	"demo_echo": 1, "demo_sleep": 1, "demo_sha256": 1, "demo_whoami": 1,
 	"forecast": 2,
@@ -305,6 +306,20 @@ func TestClientMatrix(t *testing.T) {
 							want = "slept 1ms"
 						case "forecast":
 							want = "sunny in " + args["city"].(string)
+						case "cache_get", "cache_delete", "cache_set":
+							// Keys of this client, version and node: get and
+							// delete find theirs written beforehand.
+							key := fmt.Sprintf("matrix/%s/%s/%s/%s", cl.name, version, nd.id, tool.Name)
+							args = map[string]any{"key": key}
+							switch tool.Name {
+							case "cache_set":
+								args["value"], args["ttl"] = "set by "+cl.name, "1m"
+							case "cache_get":
+								nd.mustPut(key, "seeded")
+								want = "seeded"
+							case "cache_delete":
+								nd.mustPut(key, "to delete")
+							}
 						}
 						ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 						res, err := sessions[i].call(ctx, tool.Name, args)

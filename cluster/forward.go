@@ -1,0 +1,152 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/hashicorp/raft"
+	"github.com/mcpcluster/mcpcluster/fsm"
+)
+
+// Writes a follower forwards to the leader are coalesced: whatever is
+// waiting when the batcher is free goes in one RPC, and the leader enqueues
+// them all in raft at once, so they share log entries, fsyncs and one round
+// trip instead of one each.
+
+// maxForwardBatch bounds the commands of one forwarded batch.
+const maxForwardBatch = 256
+
+// ApplyBatchArgs carries encoded commands to the leader.
+type ApplyBatchArgs struct{ Data [][]byte }
+
+// ApplyBatchReply holds one answer per command, in order.
+type ApplyBatchReply struct{ Results []ApplyReply }
+
+type forwardReq struct {
+	addr string
+	data []byte
+	done chan forwardResp // buffered 1: the batcher never blocks on it
+}
+
+type forwardResp struct {
+	reply ApplyReply
+	err   error
+}
+
+// ApplyBatch commits several commands if this node leads. A command that
+// fails for a reason other than leadership reports it in its reply.
+func (s *rpcService) ApplyBatch(args ApplyBatchArgs, reply *ApplyBatchReply) error {
+	reply.Results = make([]ApplyReply, len(args.Data))
+	if s.n.raft.State() != raft.Leader {
+		for i := range reply.Results {
+			reply.Results[i].NotLeader = true
+		}
+		return nil
+	}
+	futures := make([]raft.ApplyFuture, len(args.Data))
+	for i, d := range args.Data {
+		futures[i] = s.n.raft.Apply(d, s.n.cfg.ApplyTimeout)
+	}
+	for i, f := range futures {
+		r := &reply.Results[i]
+		if err := f.Error(); err != nil {
+			if isRetryable(err) {
+				r.NotLeader = true
+			} else {
+				r.Err = err.Error()
+			}
+			continue
+		}
+		res, ok := f.Response().(*fsm.Result)
+		if !ok {
+			r.Err = fmt.Sprintf("unexpected fsm response %T", f.Response())
+			continue
+		}
+		r.Result = *res
+	}
+	return nil
+}
+
+// forwardApply sends data to the leader at addr through the batcher.
+func (n *Node) forwardApply(ctx context.Context, addr string, data []byte) (ApplyReply, error) {
+	req := &forwardReq{addr: addr, data: data, done: make(chan forwardResp, 1)}
+	select {
+	case n.forwardCh <- req:
+	case <-ctx.Done():
+		return ApplyReply{}, ctx.Err()
+	case <-n.shutdownCh:
+		return ApplyReply{}, ErrShutdown
+	}
+	select {
+	case resp := <-req.done:
+		if resp.err == nil && resp.reply.Err != "" {
+			resp.err = errors.New(resp.reply.Err)
+		}
+		return resp.reply, resp.err
+	case <-ctx.Done():
+		// The command may still commit; its request id makes a retry safe.
+		return ApplyReply{}, ctx.Err()
+	}
+}
+
+// runForwarder collects forwarded writes into batches until shutdown.
+func (n *Node) runForwarder() {
+	for {
+		var first *forwardReq
+		select {
+		case first = <-n.forwardCh:
+		case <-n.shutdownCh:
+			return
+		}
+		batch := []*forwardReq{first}
+	drain:
+		for len(batch) < maxForwardBatch {
+			select {
+			case r := <-n.forwardCh:
+				batch = append(batch, r)
+			default:
+				break drain
+			}
+		}
+		// Usually all for one leader; split if leadership moved meanwhile.
+		byAddr := map[string][]*forwardReq{}
+		for _, r := range batch {
+			byAddr[r.addr] = append(byAddr[r.addr], r)
+		}
+		for addr, reqs := range byAddr {
+			n.goFunc(func() { n.sendBatch(addr, reqs) })
+		}
+	}
+}
+
+// sendBatch makes one ApplyBatch call and answers every request of it. The
+// call is bounded by the node's ApplyTimeout; each caller stops waiting at
+// its own deadline.
+func (n *Node) sendBatch(addr string, reqs []*forwardReq) {
+	args := ApplyBatchArgs{Data: make([][]byte, len(reqs))}
+	for i, r := range reqs {
+		args.Data[i] = r.data
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.ApplyTimeout)
+	defer cancel()
+	go func() {
+		select {
+		case <-n.shutdownCh:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	var reply ApplyBatchReply
+	err := n.pool.call(ctx, addr, "ApplyBatch", args, &reply)
+	if err == nil && len(reply.Results) != len(reqs) {
+		err = fmt.Errorf("leader %s answered %d of %d commands", addr, len(reply.Results), len(reqs))
+	}
+	for i, r := range reqs {
+		if err != nil {
+			r.done <- forwardResp{err: err}
+			continue
+		}
+		r.done <- forwardResp{reply: reply.Results[i]}
+	}
+}
