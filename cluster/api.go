@@ -92,8 +92,8 @@ type APIConfig struct {
 func DefaultAPIConfig() APIConfig { return APIConfig{} }
 
 // API serves the node's admin endpoints: /healthz, /readyz, /v1/status,
-// /v1/fsm/hash, /v1/catalog, /v1/cache (list), /v1/cache/{key} and
-// /v1/agent/leave.
+// /v1/fsm/hash, /v1/catalog, /v1/cache (list), /v1/cache/{key},
+// /v1/agent/leave and /v1/agent/snapshot.
 type API struct {
 	n   *Node
 	cfg APIConfig
@@ -116,6 +116,7 @@ func NewAPI(n *Node, cfg APIConfig) *API {
 	a.mux.HandleFunc("PUT /v1/cache/{key...}", a.cacheSet)
 	a.mux.HandleFunc("DELETE /v1/cache/{key...}", a.cacheDelete)
 	a.mux.HandleFunc("POST /v1/agent/leave", a.leave)
+	a.mux.HandleFunc("POST /v1/agent/snapshot", a.snapshot)
 	return a
 }
 
@@ -371,6 +372,15 @@ func (a *API) cacheDelete(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeResult(w, res)
+}
+
+func (a *API) snapshot(w http.ResponseWriter, _ *http.Request) {
+	info, err := a.n.Snapshot()
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, info)
 }
 
 func (a *API) leave(w http.ResponseWriter, r *http.Request) {

@@ -322,3 +322,127 @@ func TestCacheBadInput(t *testing.T) {
 		t.Fatalf("cache_get through another node: %q %v", text, err)
 	}
 }
+
+// loadEntries writes n entries of 100 bytes through all nodes with 64 writers.
+func (c *testCluster) loadEntries(n int) {
+	c.t.Helper()
+	value := strings.Repeat("v", 100)
+	var next atomic.Int64
+	var failed atomic.Int64
+	var wg sync.WaitGroup
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	for w := range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := next.Add(1) - 1
+				if i >= int64(n) || failed.Load() > 0 {
+					return
+				}
+				nd := c.nodes[int(i)%len(c.nodes)]
+				req, _ := http.NewRequestWithContext(ctx, http.MethodPut, fmt.Sprintf("http://%s/v1/cache/e%06d", nd.http, i), strings.NewReader(value))
+				resp, err := benchClient.Do(req)
+				if err != nil {
+					failed.Add(1)
+					c.t.Errorf("writer %d: %v", w, err)
+					return
+				}
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					failed.Add(1)
+					c.t.Errorf("writer %d: %s", w, resp.Status)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if failed.Load() > 0 {
+		c.t.FailNow()
+	}
+}
+
+// countEntries pages through n's cache (stale reads) and returns the keys seen.
+func (n *node) countEntries(t testing.TB) int {
+	t.Helper()
+	total, after := 0, ""
+	for range 1000 {
+		resp, err := httpClient.Get("http://" + n.http + "/v1/cache?consistency=stale&limit=1000&after=" + after)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var l struct{ Entries []struct{ Key string } }
+		err = json.NewDecoder(resp.Body).Decode(&l)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(l.Entries) == 0 {
+			return total
+		}
+		total += len(l.Entries)
+		after = l.Entries[len(l.Entries)-1].Key
+	}
+	t.Fatal("too many pages")
+	return 0
+}
+
+// Acceptance 4.6: 100k entries survive a snapshot and SIGKILL of every
+// node; a node that joins afterwards receives them by snapshot.
+func TestCache100kSnapshotRestart(t *testing.T) {
+	const n = 100_000
+	c := newCluster(t, 3, "--snapshot-threshold", "20000")
+	c.waitStable(30*time.Second, c.nodes, c.ids()...)
+	start := time.Now()
+	c.loadEntries(n)
+	t.Logf("wrote %d entries of 100 bytes in %s", n, time.Since(start).Round(time.Millisecond))
+	for _, nd := range c.nodes {
+		code, body, err := nd.do(context.Background(), http.MethodPost, "/v1/agent/snapshot", "")
+		if err != nil || code != 200 {
+			t.Fatalf("snapshot on %s: %d %s %v", nd.id, code, body, err)
+		}
+		var info struct {
+			Index    uint64
+			Size     int64
+			Duration time.Duration `json:"duration_ns"`
+		}
+		_ = json.Unmarshal([]byte(body), &info)
+		t.Logf("snapshot on %s: index %d, %d bytes, %s", nd.id, info.Index, info.Size, info.Duration.Round(time.Millisecond))
+	}
+	c.waitSameState(30*time.Second, c.nodes)
+
+	for _, nd := range c.nodes {
+		nd.kill()
+	}
+	c.startAll()
+	c.waitStable(60*time.Second, c.nodes, c.ids()...)
+	c.waitSameState(60*time.Second, c.nodes)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, i := range []int{0, 1, n / 2, n - 1} {
+		key := fmt.Sprintf("e%06d", i)
+		if code, body, err := c.nodes[i%3].get(ctx, key, "linearizable"); err != nil || code != 200 || body != strings.Repeat("v", 100) {
+			t.Fatalf("%s after restart: %d %.20q %v", key, code, body, err)
+		}
+	}
+	for _, nd := range c.nodes {
+		if got := nd.countEntries(t); got != n {
+			t.Fatalf("%s holds %d entries after restart, want %d", nd.id, got, n)
+		}
+	}
+
+	// A new node catches up from a snapshot: the log before it is gone.
+	n4 := newNode(t, "node4", append([]string{"--bootstrap-expect", "3"}, c.joinFlags()...)...)
+	n4.start()
+	all := append(c.nodes, n4)
+	c.waitStable(60*time.Second, all, "node1", "node2", "node3", "node4")
+	c.waitSameState(60*time.Second, all)
+	if got := n4.countEntries(t); got != n {
+		t.Fatalf("new node holds %d entries, want %d", got, n)
+	}
+	if !strings.Contains(n4.log(), "Installed remote snapshot") {
+		t.Fatal("the new node did not install a snapshot")
+	}
+}
