@@ -217,10 +217,12 @@ func BenchmarkToolCall(b *testing.B) {
 		{"forwarded", via.mcpURL(), "pinned_echo"},
 	}
 	for _, version := range []string{legacy, modern} {
-		for _, tg := range targets {
-			b.Run(fmt.Sprintf("%s/%s", version, tg.name), func(b *testing.B) {
-				benchCalls(b, tg.url, tg.tool, version, 16)
-			})
+		for _, workers := range []int{1, 16} {
+			for _, tg := range targets {
+				b.Run(fmt.Sprintf("%s/clients=%d/%s", version, workers, tg.name), func(b *testing.B) {
+					benchCalls(b, tg.url, tg.tool, version, workers)
+				})
+			}
 		}
 	}
 }
