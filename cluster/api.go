@@ -117,6 +117,7 @@ func NewAPI(n *Node, cfg APIConfig) *API {
 	a.mux.HandleFunc("DELETE /v1/cache/{key...}", a.cacheDelete)
 	a.mux.HandleFunc("POST /v1/agent/leave", a.leave)
 	a.mux.HandleFunc("POST /v1/agent/snapshot", a.snapshot)
+	a.mux.HandleFunc("POST /v1/agent/transfer-leadership", a.transferLeadership)
 	return a
 }
 
@@ -381,6 +382,17 @@ func (a *API) snapshot(w http.ResponseWriter, _ *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, info)
+}
+
+// transferLeadership moves raft leadership away from this node (?to=ID
+// picks the voter), e.g. before maintenance.
+func (a *API) transferLeadership(w http.ResponseWriter, r *http.Request) {
+	if err := a.n.TransferLeadershipTo(r.URL.Query().Get("to")); err != nil {
+		writeError(w, http.StatusConflict, err)
+		return
+	}
+	id, _ := a.n.Leader()
+	writeJSON(w, http.StatusOK, map[string]string{"leader": id})
 }
 
 func (a *API) leave(w http.ResponseWriter, r *http.Request) {

@@ -64,6 +64,10 @@ type Config struct {
 	// Cache bounds the shared cache.
 	Cache CacheConfig
 
+	// Capacity is how many calls the node runs at once, gossiped with its
+	// load so that others can tell how busy it is.
+	Capacity int
+
 	// SessionIdleTTL: the leader expires MCP sessions unused this long
 	// (their last use is replicated); 0 keeps them until deleted.
 	SessionIdleTTL time.Duration

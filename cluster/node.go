@@ -196,6 +196,7 @@ func New(cfg Config) (_ *Node, err error) {
 		RPCAddr:  advertise,
 		Status:   membership.StatusStarting,
 		Expect:   cfg.BootstrapExpect,
+		Capacity: cfg.Capacity,
 	}
 	if n.members, err = membership.New(mc); err != nil {
 		return nil, fmt.Errorf("start gossip: %w", err)
@@ -293,6 +294,54 @@ func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
 func (n *Node) Leader() (id, addr string) {
 	a, i := n.raft.LeaderWithID()
 	return string(i), string(a)
+}
+
+// Holds reports whether any provider is assigned to this node.
+func (n *Node) Holds() bool {
+	for _, a := range n.fsm.Assignments() {
+		for _, h := range a.Holders {
+			if h == n.id {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// TransferLeadership hands raft leadership to another voter, if this node
+// leads and has one.
+func (n *Node) TransferLeadership() error { return n.TransferLeadershipTo("") }
+
+// TransferLeadershipTo hands raft leadership to voter id ("" lets raft
+// pick), if this node leads.
+func (n *Node) TransferLeadershipTo(id string) error {
+	if !n.IsLeader() {
+		if id != "" {
+			return errors.New("this node does not lead")
+		}
+		return nil
+	}
+	f := n.raft.LeadershipTransfer()
+	if id != "" {
+		servers, err := n.Servers()
+		if err != nil {
+			return err
+		}
+		var addr raft.ServerAddress
+		for _, s := range servers {
+			if string(s.ID) == id {
+				addr = s.Address
+			}
+		}
+		if addr == "" {
+			return fmt.Errorf("no voter %q", id)
+		}
+		f = n.raft.LeadershipTransferToServer(raft.ServerID(id), addr)
+	}
+	if err := f.Error(); err != nil {
+		return fmt.Errorf("transfer leadership: %w", err)
+	}
+	return nil
 }
 
 // SetLoad gossips how many calls are running on this node.

@@ -163,6 +163,7 @@ var fastFlags = []string{
 	"--raft-heartbeat-timeout", "500ms",
 	"--raft-election-timeout", "500ms",
 	"--reconcile-interval", "500ms",
+	"--drain-grace", "5s",
 	"--log-level", "debug",
 }
 

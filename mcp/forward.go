@@ -65,9 +65,10 @@ var (
 	ErrBusy        = errors.New("holder is busy")
 )
 
-// localRunner runs a call on this node, if this node holds the provider.
+// localRunner runs a call forwarded by another node, if this node holds
+// the provider and has a free slot (else ErrNotHolder or ErrBusy).
 type localRunner interface {
-	runLocal(ctx context.Context, params mcplib.CallToolParams) (*mcplib.CallToolResult, error)
+	runForwarded(ctx context.Context, params mcplib.CallToolParams) (*mcplib.CallToolResult, error)
 }
 
 // internalHandler serves forwarded calls on the cluster port.
@@ -135,7 +136,7 @@ func (h *internalHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx = withProgress(ctx, func(progress, total float64, message string) {
 		write(callFrame{Progress: &progressFrame{Progress: progress, Total: total, Message: message}})
 	})
-	res, err := h.run.runLocal(ctx, params)
+	res, err := h.run.runForwarded(ctx, params)
 	if err != nil {
 		h.logger.Debug("forwarded call ended with an error", "tool", params.Name, "from", req.From, "error", err)
 	}
@@ -152,6 +153,7 @@ func (h *internalHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, ErrBusy):
 		w.Header().Set("Retry-After", "1")
 		http.Error(w, err.Error(), http.StatusTooManyRequests)
+		return
 	case err != nil && errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil:
 		write(callFrame{Error: &frameError{Kind: errKindTimeout, Message: err.Error()}})
 	case err != nil && r.Context().Err() != nil:

@@ -82,7 +82,7 @@ func TestPrefixedProvider(t *testing.T) {
 // runnerFunc adapts a function to localRunner.
 type runnerFunc func(ctx context.Context, p mcplib.CallToolParams) (*mcplib.CallToolResult, error)
 
-func (f runnerFunc) runLocal(ctx context.Context, p mcplib.CallToolParams) (*mcplib.CallToolResult, error) {
+func (f runnerFunc) runForwarded(ctx context.Context, p mcplib.CallToolParams) (*mcplib.CallToolResult, error) {
 	return f(ctx, p)
 }
 

@@ -20,6 +20,20 @@ type router struct {
 
 	mu       sync.Mutex
 	reported map[string]time.Time // holder → when this node last reported it unreachable
+	pending  map[string]int       // holder → calls this node has outstanding there
+}
+
+// outstanding adds delta to the calls this node has running at holder id.
+func (r *router) outstanding(id string, delta int) {
+	r.mu.Lock()
+	if r.pending == nil {
+		r.pending = map[string]int{}
+	}
+	r.pending[id] += delta
+	if r.pending[id] <= 0 {
+		delete(r.pending, id)
+	}
+	r.mu.Unlock()
 }
 
 // reportInterval limits how often this node reports one holder unreachable.
@@ -48,9 +62,18 @@ func (r *router) reportUnreachable(id string) {
 const holderWait = 50 * time.Millisecond
 
 // handle is the mcp-go handler of every catalog tool.
-func (r *router) handle(ctx context.Context, req mcplib.CallToolRequest) (*mcplib.CallToolResult, error) {
-	ctx, cancel := context.WithTimeout(ctx, r.s.cfg.CallTimeout)
+func (r *router) handle(ctx context.Context, req mcplib.CallToolRequest) (res *mcplib.CallToolResult, err error) {
+	name := req.Params.Name
+	timeout := r.s.timeout(name)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	start, where := time.Now(), "local"
+	defer func() {
+		failed := err != nil || (res != nil && res.IsError)
+		r.s.cfg.Observer.Call(name, where, time.Since(start), failed)
+		r.s.cfg.Observer.Request(string(mcplib.MethodToolsCall), name, failed)
+	}()
+	ctx = withWhere(ctx, &where)
 	if req.Params.Meta != nil && req.Params.Meta.ProgressToken != nil {
 		ctx = withProgress(ctx, clientProgress(ctx, req.Params.Meta.ProgressToken))
 	}
@@ -62,17 +85,31 @@ func (r *router) handle(ctx context.Context, req mcplib.CallToolRequest) (*mcpli
 			return nil, err
 		}
 		if res, ok := r.s.cachedResult(ctx, key); ok {
+			where = "cache"
 			return res, nil
 		}
 	}
-	res, err := r.route(ctx, req.Params)
+	res, err = r.route(ctx, req.Params)
 	if err == nil && ttl > 0 && res != nil && !res.IsError {
 		r.s.storeResult(ctx, key, res, ttl)
 	}
 	if err != nil && ctx.Err() == context.DeadlineExceeded {
-		return nil, fmt.Errorf("tool %q timed out after %s: %w", req.Params.Name, r.s.cfg.CallTimeout, err)
+		return nil, fmt.Errorf("tool %q timed out after %s: %w", name, timeout, err)
 	}
 	return res, err
+}
+
+type whereKey struct{}
+
+// withWhere lets route record whether the call ran here or was forwarded.
+func withWhere(ctx context.Context, where *string) context.Context {
+	return context.WithValue(ctx, whereKey{}, where)
+}
+
+func setWhere(ctx context.Context, where string) {
+	if p, ok := ctx.Value(whereKey{}).(*string); ok {
+		*p = where
+	}
 }
 
 // clientProgress sends progress to this node's MCP client.
@@ -136,7 +173,10 @@ func (r *router) route(ctx context.Context, params mcplib.CallToolParams) (*mcpl
 			continue
 		}
 		m := candidates[0]
+		setWhere(ctx, "forwarded")
+		r.outstanding(m.ID, 1)
 		res, err := s.fwd.call(ctx, m.RPCAddr, params)
+		r.outstanding(m.ID, -1)
 		if err == nil {
 			return res, nil
 		}
@@ -182,6 +222,16 @@ func (r *router) holders(provider string, sent, skip map[string]bool) []membersh
 		}
 	}
 	if len(out) >= 2 {
+		r.mu.Lock()
+		load := func(m membership.Member) float64 {
+			// What this node sees at once (its own calls there) plus what
+			// the holder gossips (everyone's, up to a second old).
+			n := float64(r.pending[m.ID] + m.InFlight)
+			if m.Capacity > 0 {
+				return n / float64(m.Capacity)
+			}
+			return n
+		}
 		i, j := rand.IntN(len(out)), rand.IntN(len(out)-1)
 		if j >= i {
 			j++
@@ -189,15 +239,8 @@ func (r *router) holders(provider string, sent, skip map[string]bool) []membersh
 		if load(out[j]) < load(out[i]) {
 			i = j
 		}
+		r.mu.Unlock()
 		out[0], out[i] = out[i], out[0]
 	}
 	return out
-}
-
-// load is a member's gossiped in-flight calls relative to its capacity.
-func load(m membership.Member) float64 {
-	if m.Capacity <= 0 {
-		return float64(m.InFlight)
-	}
-	return float64(m.InFlight) / float64(m.Capacity)
 }

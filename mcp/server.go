@@ -3,6 +3,7 @@ package mcp
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -53,6 +54,36 @@ type Config struct {
 	// SyncInterval is how often providers and the catalog are reconciled
 	// besides on every replicated change.
 	SyncInterval time.Duration
+	// MaxConcurrent bounds the tools/call requests running at once through
+	// this node's /mcp, and separately the calls other nodes forward here.
+	MaxConcurrent int
+	// MaxQueue bounds the tools/call requests waiting for a slot; beyond
+	// it a request is refused at once (HTTP 429, Retry-After).
+	MaxQueue int
+	// ToolTimeouts overrides CallTimeout per tool.
+	ToolTimeouts map[string]time.Duration
+	// Observer, if set, is told about requests, calls and rejections.
+	Observer Observer
+}
+
+// Observer receives what the front door does, for metrics.
+type Observer interface {
+	// Request is one MCP request: its JSON-RPC method, the tool for
+	// tools/call, and whether it failed (an HTTP error or a failed call).
+	Request(method, tool string, failed bool)
+	// Call is one tools/call as routed: where is "local", "forwarded" or
+	// "cache" (answered from the result cache).
+	Call(tool, where string, d time.Duration, failed bool)
+	// Rejected is a request refused before it ran: "busy", "draining" or
+	// "queue_timeout".
+	Rejected(reason string)
+}
+
+// Stats is the front door's load right now.
+type Stats struct {
+	InFlight int // calls running on this node (its clients' and forwarded ones)
+	Admitted int // tools/call requests admitted through /mcp
+	Queued   int // tools/call requests waiting for a slot
 }
 
 // DefaultConfig returns the defaults; Cluster must be set.
@@ -62,6 +93,8 @@ func DefaultConfig() Config {
 		MaxBodyBytes:   1 << 20,
 		CallTimeout:    5 * time.Second,
 		SyncInterval:   2 * time.Second,
+		MaxConcurrent:  100,
+		MaxQueue:       100,
 	}
 }
 
@@ -82,6 +115,9 @@ type Server struct {
 	repeatable sync.Map          // tool name → bool: safe to send to another holder after a failure
 
 	inflight atomic.Int64 // calls running on this node (local or for another node)
+	front    *limiter     // tools/call requests of this node's clients
+	exec     *limiter     // calls forwarded here by other nodes (no queue)
+	draining atomic.Bool  // refusing new requests while handing over
 
 	ready     chan struct{} // closed once providers are declared and the catalog registered
 	readyOnce sync.Once
@@ -116,6 +152,15 @@ func New(cfg Config) (*Server, error) {
 	if cfg.SyncInterval <= 0 {
 		cfg.SyncInterval = def.SyncInterval
 	}
+	if cfg.MaxConcurrent <= 0 {
+		cfg.MaxConcurrent = def.MaxConcurrent
+	}
+	if cfg.MaxQueue < 0 {
+		cfg.MaxQueue = def.MaxQueue
+	}
+	if cfg.Observer == nil {
+		cfg.Observer = nopObserver{}
+	}
 	s := &Server{
 		cfg:        cfg,
 		node:       cfg.Cluster.ID(),
@@ -138,6 +183,8 @@ func New(cfg Config) (*Server, error) {
 		}
 		s.local[p.Name()] = &localProvider{spec: p}
 	}
+	s.front = newLimiter(cfg.MaxConcurrent, cfg.MaxQueue)
+	s.exec = newLimiter(cfg.MaxConcurrent, 0)
 	s.fwd = newForwarder(s.node)
 	s.router = &router{s: s}
 	s.sessions = newSessionStore(cfg.Cluster, cfg.SessionIdleTTL, s.logger)
@@ -155,7 +202,8 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// Handler serves MCP at /mcp: auth, the body limit, then mcp-go.
+// Handler serves MCP at /mcp: auth, the body limit, admission of
+// tools/call (concurrency limit and bounded queue), then mcp-go.
 func (s *Server) Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if len(s.cfg.Tokens) > 0 {
@@ -168,31 +216,132 @@ func (s *Server) Handler() http.Handler {
 			}
 			r = r.WithContext(withPrincipal(r.Context(), principal))
 		}
-		if r.Body != nil && r.Method == http.MethodPost {
-			body, err := io.ReadAll(io.LimitReader(r.Body, s.cfg.MaxBodyBytes+1))
-			if err != nil {
-				writeJSONRPCError(w, http.StatusBadRequest, mcplib.INVALID_REQUEST, "read body: "+err.Error())
-				return
-			}
-			if int64(len(body)) > s.cfg.MaxBodyBytes {
-				writeJSONRPCError(w, http.StatusRequestEntityTooLarge, mcplib.INVALID_REQUEST,
-					fmt.Sprintf("request body exceeds the limit of %d bytes", s.cfg.MaxBodyBytes))
-				return
-			}
-			r.Body = io.NopCloser(bytes.NewReader(body))
-			r.ContentLength = int64(len(body))
-			if isModern(r) && r.Header.Get("Mcp-Method") == "notifications/cancelled" {
-				// 2026-07-28 requests share one session, so mcp-go would match
-				// the cancellation by JSON-RPC id alone and could cancel
-				// another client's call. A modern client cancels by closing
-				// its request, which cancels the call here and on the holder.
-				w.WriteHeader(http.StatusAccepted)
-				return
-			}
+		if r.Method != http.MethodPost || r.Body == nil {
+			s.http.ServeHTTP(w, r)
+			return
 		}
-		s.http.ServeHTTP(w, r)
+		body, err := io.ReadAll(io.LimitReader(r.Body, s.cfg.MaxBodyBytes+1))
+		if err != nil {
+			writeJSONRPCError(w, http.StatusBadRequest, mcplib.INVALID_REQUEST, "read body: "+err.Error())
+			return
+		}
+		if int64(len(body)) > s.cfg.MaxBodyBytes {
+			s.cfg.Observer.Request("", "", true)
+			writeJSONRPCError(w, http.StatusRequestEntityTooLarge, mcplib.INVALID_REQUEST,
+				fmt.Sprintf("request body exceeds the limit of %d bytes", s.cfg.MaxBodyBytes))
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		r.ContentLength = int64(len(body))
+		method, tool := requestMethod(r, body)
+		if isModern(r) && method == "notifications/cancelled" {
+			// 2026-07-28 requests share one session, so mcp-go would match
+			// the cancellation by JSON-RPC id alone and could cancel
+			// another client's call. A modern client cancels by closing
+			// its request, which cancels the call here and on the holder.
+			w.WriteHeader(http.StatusAccepted)
+			return
+		}
+		if s.draining.Load() {
+			s.cfg.Observer.Rejected("draining")
+			s.cfg.Observer.Request(method, tool, true)
+			w.Header().Set("Retry-After", "1")
+			writeJSONRPCError(w, http.StatusServiceUnavailable, busyCode, "node is draining: send this request to another node")
+			return
+		}
+		if method == string(mcplib.MethodToolsCall) {
+			ctx, cancel := context.WithTimeout(r.Context(), s.timeout(tool))
+			release, err := s.front.acquire(ctx)
+			cancel()
+			switch {
+			case errors.Is(err, ErrBusy):
+				s.cfg.Observer.Rejected("busy")
+				s.cfg.Observer.Request(method, tool, true)
+				w.Header().Set("Retry-After", "1")
+				writeJSONRPCError(w, http.StatusTooManyRequests, busyCode,
+					fmt.Sprintf("server busy: %d calls running and %d waiting; retry later or on another node", s.cfg.MaxConcurrent, s.cfg.MaxQueue))
+				return
+			case err != nil:
+				s.cfg.Observer.Rejected("queue_timeout")
+				s.cfg.Observer.Request(method, tool, true)
+				w.Header().Set("Retry-After", "1")
+				writeJSONRPCError(w, http.StatusServiceUnavailable, busyCode,
+					fmt.Sprintf("tool %q timed out after %s waiting for a free slot", tool, s.timeout(tool)))
+				return
+			}
+			defer release()
+		}
+		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		s.http.ServeHTTP(sw, r)
+		if method != string(mcplib.MethodToolsCall) {
+			s.cfg.Observer.Request(method, tool, sw.status >= 400)
+		}
 	})
 }
+
+// busyCode is the JSON-RPC error code of a refused request (the
+// implementation-defined server error range).
+const busyCode = -32000
+
+// requestMethod returns the JSON-RPC method and, for tools/call, the tool
+// name: from the 2026-07-28 headers when present, else from the body.
+func requestMethod(r *http.Request, body []byte) (method, tool string) {
+	if m := r.Header.Get("Mcp-Method"); m != "" {
+		return m, r.Header.Get("Mcp-Name")
+	}
+	var msg struct {
+		Method string `json:"method"`
+		Params struct {
+			Name string `json:"name"`
+		} `json:"params"`
+	}
+	if json.Unmarshal(body, &msg) != nil {
+		return "", ""
+	}
+	return msg.Method, msg.Params.Name
+}
+
+// statusWriter records the status mcp-go answered with.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.status = code
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// timeout is how long a call of tool may take.
+func (s *Server) timeout(tool string) time.Duration {
+	if d, ok := s.cfg.ToolTimeouts[tool]; ok && d > 0 {
+		return d
+	}
+	return s.cfg.CallTimeout
+}
+
+// StartDrain makes the front door refuse new requests (HTTP 503 with
+// Retry-After), so that clients and load balancers move on; calls already
+// running, and calls other nodes forward while the handover is under way,
+// still complete.
+func (s *Server) StartDrain() { s.draining.Store(true) }
+
+// Stats returns the front door's load.
+func (s *Server) Stats() Stats {
+	return Stats{InFlight: int(s.inflight.Load()), Admitted: s.front.inUse(), Queued: s.front.queued()}
+}
+
+type nopObserver struct{}
+
+func (nopObserver) Request(string, string, bool)             {}
+func (nopObserver) Call(string, string, time.Duration, bool) {}
+func (nopObserver) Rejected(string)                          {}
 
 // isModern reports whether r speaks protocol 2026-07-28 or later
 // (stateless: no initialize, no session).
@@ -481,6 +630,19 @@ func (s *Server) syncTools() {
 	if len(del) > 0 {
 		s.mcp.DeleteTools(del...)
 	}
+}
+
+// runForwarded runs a call another node forwarded here, within this
+// node's limit for forwarded calls (no queue: a full node answers ErrBusy
+// and the caller tries another holder).
+func (s *Server) runForwarded(ctx context.Context, params mcplib.CallToolParams) (*mcplib.CallToolResult, error) {
+	release, err := s.exec.acquire(ctx)
+	if err != nil {
+		s.cfg.Observer.Rejected("busy")
+		return nil, err
+	}
+	defer release()
+	return s.runLocal(ctx, params)
 }
 
 // runLocal runs a call here if this node runs the tool's provider.

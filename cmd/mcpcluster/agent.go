@@ -78,6 +78,7 @@ func NewAgent(cfg AgentConfig, logger *slog.Logger) (*Agent, error) {
 	nc.RaftLeaderLeaseTimeout = min(cfg.RaftHeartbeat/2, 500*time.Millisecond)
 	nc.SnapshotThreshold = cfg.SnapshotEvery
 	nc.SessionIdleTTL = cfg.SessionIdleTTL
+	nc.Capacity = cfg.MaxConcurrent
 	nc.Cache = cluster.CacheConfig{MaxEntries: cfg.CacheMaxEntries, MaxBytes: cfg.CacheMaxBytes, MaxKeyBytes: cfg.CacheMaxKey, MaxValueBytes: cfg.CacheMaxValue}
 	nc.Logger = logger
 	nc.LogLevel = level
@@ -97,6 +98,9 @@ func NewAgent(cfg AgentConfig, logger *slog.Logger) (*Agent, error) {
 	mc.SessionIdleTTL = cfg.SessionIdleTTL
 	mc.MaxBodyBytes = cfg.MaxBodyBytes
 	mc.Tokens = cfg.AuthTokens
+	mc.MaxConcurrent = cfg.MaxConcurrent
+	mc.MaxQueue = cfg.MaxQueue
+	mc.ToolTimeouts = cfg.ToolTimeouts
 	node := a.node
 	status := func() any { return node.Status() }
 	mc.Providers, err = buildProviders(cfg.Providers, status, node, logger)
@@ -162,6 +166,7 @@ func (a *Agent) HTTPAddr() string { return a.httpLn.Addr().String() }
 func (a *Agent) Run(ctx context.Context) error {
 	select {
 	case <-ctx.Done():
+		a.drain(a.cfg.DrainGrace)
 		if a.cfg.LeaveOnTerminate {
 			lctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			err := a.node.Leave(lctx)
@@ -173,6 +178,50 @@ func (a *Agent) Run(ctx context.Context) error {
 	case <-a.left:
 	}
 	return a.Close()
+}
+
+// drain hands this node's work over before it stops: it gossips that it
+// is stopping (the leader moves its providers, other nodes stop sending it
+// calls), refuses new requests, waits until it holds no provider and its
+// in-flight calls are done, and hands raft leadership over. Everything
+// within grace.
+func (a *Agent) drain(grace time.Duration) {
+	start := time.Now()
+	deadline := start.Add(grace)
+	a.logger.Info("draining", "grace", grace)
+	if err := a.node.SetStatus(membership.StatusStopping); err != nil {
+		a.logger.Warn("gossip status update failed", "error", err)
+	}
+	a.mcp.StartDrain()
+	for time.Now().Before(deadline) {
+		st := a.mcp.Stats()
+		handedOver := !a.node.Holds() || !a.canHandOver()
+		if handedOver && st.InFlight == 0 && st.Admitted == 0 && st.Queued == 0 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if st := a.mcp.Stats(); (a.node.Holds() && a.canHandOver()) || st.InFlight > 0 || st.Admitted > 0 {
+		a.logger.Warn("grace period over with work left", "holds_providers", a.node.Holds(), "inflight", st.InFlight, "admitted", st.Admitted)
+	}
+	if err := a.node.TransferLeadership(); err != nil {
+		a.logger.Warn("leadership not handed over", "error", err)
+	}
+	a.logger.Info("drained", "took", time.Since(start).Round(time.Millisecond))
+}
+
+// canHandOver reports whether another node could take this one's
+// providers: one is alive and running, and a leader is there to assign.
+func (a *Agent) canHandOver() bool {
+	if id, _ := a.node.Leader(); id == "" {
+		return false
+	}
+	for _, m := range a.node.Members() {
+		if m.ID != a.node.ID() && m.State == membership.StateAlive && m.Status == membership.StatusRunning {
+			return true
+		}
+	}
+	return false
 }
 
 // Close stops the HTTP server and the node (without leaving).

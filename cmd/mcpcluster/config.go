@@ -44,10 +44,15 @@ type AgentConfig struct {
 	CallTimeout      time.Duration `yaml:"call_timeout"`
 	SessionIdleTTL   time.Duration `yaml:"session_idle_ttl"`
 	MaxBodyBytes     int64         `yaml:"max_body_bytes"`
-	CacheMaxEntries  int           `yaml:"cache_max_entries"`
-	CacheMaxBytes    int64         `yaml:"cache_max_bytes"`
-	CacheMaxKey      int           `yaml:"cache_max_key_bytes"`
-	CacheMaxValue    int           `yaml:"cache_max_value_bytes"`
+	MaxConcurrent    int           `yaml:"max_concurrent"`
+	MaxQueue         int           `yaml:"max_queue"`
+	DrainGrace       time.Duration `yaml:"drain_grace"`
+	// ToolTimeouts overrides call_timeout per tool (config file only).
+	ToolTimeouts    map[string]time.Duration `yaml:"tool_timeouts"`
+	CacheMaxEntries int                      `yaml:"cache_max_entries"`
+	CacheMaxBytes   int64                    `yaml:"cache_max_bytes"`
+	CacheMaxKey     int                      `yaml:"cache_max_key_bytes"`
+	CacheMaxValue   int                      `yaml:"cache_max_value_bytes"`
 	// AuthTokens maps bearer tokens to principals; when set, /mcp requires
 	// one and sessions are bound to the principal that opened them. Config
 	// file or MCPCLUSTER_AUTH_TOKENS=token=principal,... (never a flag, so
@@ -195,6 +200,16 @@ var agentOptions = []option{
 	{name: "call-timeout", usage: "how long a tools/call may take, forwarding included", set: dur(func(c *AgentConfig) *time.Duration { return &c.CallTimeout })},
 	{name: "session-idle-ttl", usage: "MCP sessions unused this long expire on every node", set: dur(func(c *AgentConfig) *time.Duration { return &c.SessionIdleTTL })},
 	{name: "max-body-bytes", usage: "largest MCP request body accepted", set: positive(func(c *AgentConfig) *int64 { return &c.MaxBodyBytes })},
+	{name: "max-concurrent", usage: "tools/call requests run at once through this node (and forwarded calls run here)", set: positive(func(c *AgentConfig) *int { return &c.MaxConcurrent })},
+	{name: "max-queue", usage: "tools/call requests that may wait for a slot; beyond it HTTP 429", set: func(c *AgentConfig, v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			return fmt.Errorf("%q is not a non-negative number", v)
+		}
+		c.MaxQueue = n
+		return nil
+	}},
+	{name: "drain-grace", usage: "on SIGTERM/SIGINT, how long to hand over and finish in-flight calls before stopping", set: dur(func(c *AgentConfig) *time.Duration { return &c.DrainGrace })},
 	{name: "cache-max-entries", usage: "shared cache bound in entries; the oldest writes are evicted past it", set: positive(func(c *AgentConfig) *int { return &c.CacheMaxEntries })},
 	{name: "cache-max-bytes", usage: "shared cache bound in bytes of keys and values", set: positive(func(c *AgentConfig) *int64 { return &c.CacheMaxBytes })},
 	{name: "cache-max-key-bytes", usage: "longest cache key accepted", set: positive(func(c *AgentConfig) *int { return &c.CacheMaxKey })},
@@ -345,6 +360,11 @@ func (c *AgentConfig) validate() error {
 	}
 	if c.GossipProfile != "lan" && c.GossipProfile != "local" {
 		return fmt.Errorf("-gossip-profile %q: want lan or local", c.GossipProfile)
+	}
+	for tool, d := range c.ToolTimeouts {
+		if d <= 0 {
+			return fmt.Errorf("tool_timeouts: %s needs a positive duration", tool)
+		}
 	}
 	for tok, principal := range c.AuthTokens {
 		if len(tok) < 16 || principal == "" {
