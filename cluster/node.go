@@ -55,12 +55,13 @@ type Node struct {
 	unreachMu   sync.Mutex
 	unreachable map[string]bool
 
-	hadState    bool
-	notifyCh    chan bool
-	reconcileCh chan struct{}
-	bootstrapCh chan struct{}
-	forwardCh   chan *forwardReq // writes waiting to be batched to the leader
-	leaderReady atomic.Bool
+	hadState      bool
+	notifyCh      chan bool
+	reconcileCh   chan struct{}
+	bootstrapCh   chan struct{}
+	forwardCh     chan *forwardReq // writes waiting to be batched to the leader
+	leaderReady   atomic.Bool
+	leaderChanges atomic.Uint64 // leader changes this node observed
 
 	shutdownCh   chan struct{}
 	shutdownOnce sync.Once
@@ -204,6 +205,7 @@ func New(cfg Config) (_ *Node, err error) {
 
 	n.goFunc(n.monitorLeadership)
 	n.goFunc(n.watchMembers)
+	n.goFunc(n.countLeaderChanges)
 	n.goFunc(n.runForwarder)
 	if cfg.BootstrapExpect > 0 && !n.hadState {
 		n.goFunc(n.bootstrapLoop)
@@ -342,6 +344,28 @@ func (n *Node) TransferLeadershipTo(id string) error {
 		return fmt.Errorf("transfer leadership: %w", err)
 	}
 	return nil
+}
+
+// LeaderChanges is how many times this node saw the leader change.
+func (n *Node) LeaderChanges() uint64 { return n.leaderChanges.Load() }
+
+// countLeaderChanges counts raft's leader observations until shutdown.
+func (n *Node) countLeaderChanges() {
+	ch := make(chan raft.Observation, 16)
+	obs := raft.NewObserver(ch, false, func(o *raft.Observation) bool {
+		_, ok := o.Data.(raft.LeaderObservation)
+		return ok
+	})
+	n.raft.RegisterObserver(obs)
+	defer n.raft.DeregisterObserver(obs)
+	for {
+		select {
+		case <-ch:
+			n.leaderChanges.Add(1)
+		case <-n.shutdownCh:
+			return
+		}
+	}
 }
 
 // SetLoad gossips how many calls are running on this node.

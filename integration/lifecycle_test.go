@@ -9,6 +9,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
 // steadyCalls calls tool through every node in vias from workers
@@ -125,4 +129,103 @@ func TestDrainLeaderHolder(t *testing.T) {
 	}
 	t.Logf("SIGTERM of leader+holder %s: exited 0 after %s; %d calls, none failed; new holder %s, new leader %s",
 		holder.id, drained.Round(time.Millisecond), calls.ok.Load(), newHolder, st.Leader.ID)
+}
+
+// scrape parses n's /metrics with the Prometheus text parser.
+func (n *node) scrape(t *testing.T) map[string]*dto.MetricFamily {
+	t.Helper()
+	resp, err := httpClient.Get("http://" + n.http + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("/metrics of %s does not parse: %v", n.id, err)
+	}
+	return fams
+}
+
+// sample returns the value of family name at the given labels (all must match).
+func sample(fams map[string]*dto.MetricFamily, name string, labels map[string]string) float64 {
+	f, ok := fams[name]
+	if !ok {
+		return -1
+	}
+	total := 0.0
+	for _, m := range f.GetMetric() {
+		match := true
+		for k, v := range labels {
+			found := false
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == k && lp.GetValue() == v {
+					found = true
+				}
+			}
+			match = match && found
+		}
+		if !match {
+			continue
+		}
+		switch {
+		case m.Counter != nil:
+			total += m.Counter.GetValue()
+		case m.Gauge != nil:
+			total += m.Gauge.GetValue()
+		case m.Histogram != nil:
+			total += float64(m.Histogram.GetSampleCount())
+		}
+	}
+	return total
+}
+
+// Acceptance 5.6: /metrics parses with the Prometheus text parser and its
+// counters move when calls are made.
+func TestMetrics(t *testing.T) {
+	c := newProviderCluster(t, 3, pinnedProvider)
+	holder := c.nodes[0].holders(t, "pinned_echo", 1)[0]
+	via := c.except(holder)[0]
+	before := via.scrape(t)
+	for _, name := range []string{"mcpcluster_raft_term", "mcpcluster_raft_commit_index", "mcpcluster_raft_applied_index",
+		"mcpcluster_leader_changes_total", "mcpcluster_members", "mcpcluster_inflight_calls", "mcpcluster_queue_length"} {
+		if sample(before, name, nil) < 0 {
+			t.Errorf("/metrics lacks %s", name)
+		}
+	}
+	if got := sample(before, "mcpcluster_members", map[string]string{"state": "alive", "status": "running"}); got != 3 {
+		t.Errorf("alive running members: %v, want 3", got)
+	}
+	cl := mcpgoClient(t, via.mcpURL(), legacy)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for range 5 {
+		if _, _, err := callTool(ctx, cl, "echo", map[string]any{"text": "m"}); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := callTool(ctx, cl, "pinned_echo", map[string]any{"text": "m"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, err := callTool(ctx, cl, "nope", nil); err == nil {
+		t.Fatal("unknown tool succeeded")
+	}
+	after := via.scrape(t)
+	checks := []struct {
+		name   string
+		labels map[string]string
+		delta  float64
+	}{
+		{"mcpcluster_requests_total", map[string]string{"method": "tools/call", "tool": "echo"}, 5},
+		{"mcpcluster_requests_total", map[string]string{"method": "tools/call", "tool": "pinned_echo"}, 5},
+		{"mcpcluster_call_duration_seconds", map[string]string{"tool": "echo", "where": "local"}, 5},
+		{"mcpcluster_call_duration_seconds", map[string]string{"tool": "pinned_echo", "where": "forwarded"}, 5},
+		{"mcpcluster_request_errors_total", map[string]string{"method": "tools/call", "tool": "(unknown)"}, 1},
+	}
+	for _, ch := range checks {
+		b, a := max(sample(before, ch.name, ch.labels), 0), sample(after, ch.name, ch.labels)
+		if a-b != ch.delta {
+			t.Errorf("%s%v moved by %v, want %v", ch.name, ch.labels, a-b, ch.delta)
+		}
+	}
 }

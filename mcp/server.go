@@ -273,8 +273,10 @@ func (s *Server) Handler() http.Handler {
 		}
 		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
 		s.http.ServeHTTP(sw, r)
-		if method != string(mcplib.MethodToolsCall) {
-			s.cfg.Observer.Request(method, tool, sw.status >= 400)
+		// The router records every call it runs; mcp-go answers calls of
+		// tools it does not know before they reach it.
+		if method != string(mcplib.MethodToolsCall) || !s.isRegistered(tool) {
+			s.cfg.Observer.Request(method, tool, sw.status >= 400 || method == string(mcplib.MethodToolsCall))
 		}
 	})
 }
@@ -316,6 +318,13 @@ func (w *statusWriter) Flush() {
 	if f, ok := w.ResponseWriter.(http.Flusher); ok {
 		f.Flush()
 	}
+}
+
+func (s *Server) isRegistered(tool string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.registered[tool]
+	return ok
 }
 
 // timeout is how long a call of tool may take.

@@ -101,6 +101,8 @@ func NewAgent(cfg AgentConfig, logger *slog.Logger) (*Agent, error) {
 	mc.MaxConcurrent = cfg.MaxConcurrent
 	mc.MaxQueue = cfg.MaxQueue
 	mc.ToolTimeouts = cfg.ToolTimeouts
+	met := newMetrics(a.node)
+	mc.Observer = met
 	node := a.node
 	status := func() any { return node.Status() }
 	mc.Providers, err = buildProviders(cfg.Providers, status, node, logger)
@@ -113,6 +115,7 @@ func NewAgent(cfg AgentConfig, logger *slog.Logger) (*Agent, error) {
 		return nil, fmt.Errorf("start mcp server: %w", err)
 	}
 	a.node.ServeInternal(a.mcp.InternalHandler())
+	met.watchFront(a.mcp)
 
 	apiCfg := cluster.DefaultAPIConfig()
 	apiCfg.OnLeave = func() { a.leaveOnce.Do(func() { close(a.left) }) }
@@ -120,6 +123,7 @@ func NewAgent(cfg AgentConfig, logger *slog.Logger) (*Agent, error) {
 	apiCfg.Ready = a.mcp.ReadyErr
 	mux := http.NewServeMux()
 	mux.Handle("/mcp", a.mcp.Handler())
+	mux.Handle("GET /metrics", met.handler())
 	if cfg.EnableDebug {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)

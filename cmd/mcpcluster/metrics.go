@@ -1,0 +1,142 @@
+package main
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/mcpcluster/mcpcluster/cluster"
+	"github.com/mcpcluster/mcpcluster/mcp"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// metrics is the node's Prometheus registry and the mcp.Observer that
+// feeds it.
+type metrics struct {
+	reg        *prometheus.Registry
+	node       *cluster.Node
+	requests   *prometheus.CounterVec
+	errors     *prometheus.CounterVec
+	calls      *prometheus.HistogramVec
+	rejections *prometheus.CounterVec
+}
+
+func newMetrics(node *cluster.Node) *metrics {
+	m := &metrics{
+		reg:  prometheus.NewRegistry(),
+		node: node,
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mcpcluster_requests_total", Help: "MCP requests by JSON-RPC method and tool.",
+		}, []string{"method", "tool"}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mcpcluster_request_errors_total", Help: "MCP requests that failed, by method and tool.",
+		}, []string{"method", "tool"}),
+		calls: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "mcpcluster_call_duration_seconds",
+			Help:    "tools/call latency by tool and where it ran (local, forwarded, cache).",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"tool", "where"}),
+		rejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mcpcluster_rejections_total", Help: "Requests refused before running: busy, draining, queue_timeout.",
+		}, []string{"reason"}),
+	}
+	m.reg.MustRegister(m.requests, m.errors, m.calls, m.rejections,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		&clusterCollector{n: node})
+	return m
+}
+
+// watchFront registers the front door's load gauges.
+func (m *metrics) watchFront(front *mcp.Server) {
+	gauge := func(name, help string, f func() int) prometheus.GaugeFunc {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 { return float64(f()) })
+	}
+	m.reg.MustRegister(
+		gauge("mcpcluster_inflight_calls", "Calls running on this node, its clients' and forwarded ones.", func() int { return front.Stats().InFlight }),
+		gauge("mcpcluster_admitted_requests", "tools/call requests admitted through this node's /mcp.", func() int { return front.Stats().Admitted }),
+		gauge("mcpcluster_queue_length", "tools/call requests waiting for a slot.", func() int { return front.Stats().Queued }),
+	)
+}
+
+// toolLabel keeps label values to the cluster's tools (unknown names from
+// clients would grow the series without bound).
+func (m *metrics) toolLabel(tool string) string {
+	if tool == "" {
+		return ""
+	}
+	if _, ok := m.node.FSM().Tool(tool); !ok {
+		return "(unknown)"
+	}
+	return tool
+}
+
+func (m *metrics) Request(method, tool string, failed bool) {
+	if method == "" {
+		method = "(unparsed)"
+	}
+	tool = m.toolLabel(tool)
+	m.requests.WithLabelValues(method, tool).Inc()
+	if failed {
+		m.errors.WithLabelValues(method, tool).Inc()
+	}
+}
+
+func (m *metrics) Call(tool, where string, d time.Duration, _ bool) {
+	m.calls.WithLabelValues(m.toolLabel(tool), where).Observe(d.Seconds())
+}
+
+func (m *metrics) Rejected(reason string) { m.rejections.WithLabelValues(reason).Inc() }
+
+func (m *metrics) handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
+
+// clusterCollector reports raft and gossip state at scrape time.
+type clusterCollector struct{ n *cluster.Node }
+
+var (
+	descRaftState     = prometheus.NewDesc("mcpcluster_raft_state", "1 for this node's raft state.", []string{"state"}, nil)
+	descRaftTerm      = prometheus.NewDesc("mcpcluster_raft_term", "Current raft term.", nil, nil)
+	descRaftCommit    = prometheus.NewDesc("mcpcluster_raft_commit_index", "Raft commit index.", nil, nil)
+	descRaftApplied   = prometheus.NewDesc("mcpcluster_raft_applied_index", "Raft applied index.", nil, nil)
+	descRaftLast      = prometheus.NewDesc("mcpcluster_raft_last_index", "Last raft log index.", nil, nil)
+	descLeaderChanges = prometheus.NewDesc("mcpcluster_leader_changes_total", "Leader changes this node observed.", nil, nil)
+	descMembers       = prometheus.NewDesc("mcpcluster_members", "Gossip members by liveness and status.", []string{"state", "status"}, nil)
+	descCache         = prometheus.NewDesc("mcpcluster_cache_entries", "Entries in the shared cache.", nil, nil)
+	descCacheBytes    = prometheus.NewDesc("mcpcluster_cache_bytes", "Bytes of keys and values in the shared cache.", nil, nil)
+	descSessions      = prometheus.NewDesc("mcpcluster_sessions", "Replicated MCP sessions.", nil, nil)
+)
+
+func (c *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descRaftState, descRaftTerm, descRaftCommit, descRaftApplied, descRaftLast, descLeaderChanges, descMembers, descCache, descCacheBytes, descSessions} {
+		ch <- d
+	}
+}
+
+func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.n.RaftStats()
+	for _, s := range []string{"Follower", "Candidate", "Leader", "Shutdown"} {
+		v := 0.0
+		if st.State == s {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descRaftState, prometheus.GaugeValue, v, s)
+	}
+	ch <- prometheus.MustNewConstMetric(descRaftTerm, prometheus.GaugeValue, float64(st.Term))
+	ch <- prometheus.MustNewConstMetric(descRaftCommit, prometheus.GaugeValue, float64(st.CommitIndex))
+	ch <- prometheus.MustNewConstMetric(descRaftApplied, prometheus.GaugeValue, float64(st.AppliedIndex))
+	ch <- prometheus.MustNewConstMetric(descRaftLast, prometheus.GaugeValue, float64(st.LastIndex))
+	ch <- prometheus.MustNewConstMetric(descLeaderChanges, prometheus.CounterValue, float64(c.n.LeaderChanges()))
+	counts := map[[2]string]int{}
+	for _, m := range c.n.Members() {
+		counts[[2]string{string(m.State), string(m.Status)}]++
+	}
+	for k, v := range counts {
+		ch <- prometheus.MustNewConstMetric(descMembers, prometheus.GaugeValue, float64(v), k[0], k[1])
+	}
+	fc := c.n.FSM().Counts()
+	ch <- prometheus.MustNewConstMetric(descCache, prometheus.GaugeValue, float64(fc.CacheEntries))
+	ch <- prometheus.MustNewConstMetric(descCacheBytes, prometheus.GaugeValue, float64(fc.CacheBytes))
+	ch <- prometheus.MustNewConstMetric(descSessions, prometheus.GaugeValue, float64(fc.Sessions))
+}
