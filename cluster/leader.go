@@ -121,6 +121,8 @@ type reconciler struct {
 	n *Node
 	// unknownSince records when a raft server absent from gossip was first seen.
 	unknownSince map[string]time.Time
+	// overSince records since when a node has been at full capacity.
+	overSince map[string]time.Time
 }
 
 // reconcile makes the raft configuration and the FSM node registry follow

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"time"
 
 	"github.com/mcpcluster/mcpcluster/fsm"
 	"github.com/mcpcluster/mcpcluster/membership"
@@ -25,6 +26,7 @@ func (r *reconciler) place(ctx context.Context) error {
 			eligible[m.ID] = m
 		}
 	}
+	overloaded := r.overloaded(eligible, time.Now())
 	assigns := n.fsm.Assignments()
 	held := make(map[string]int) // node → providers it holds
 	current := make(map[string][]string, len(assigns))
@@ -35,7 +37,7 @@ func (r *reconciler) place(ctx context.Context) error {
 		}
 	}
 	for _, p := range n.fsm.Providers() {
-		want := chooseHolders(p, current[p.Name], eligible, held)
+		want := chooseHolders(p, current[p.Name], eligible, held, overloaded)
 		if slices.Equal(want, current[p.Name]) {
 			continue
 		}
@@ -53,10 +55,38 @@ func (r *reconciler) place(ctx context.Context) error {
 	return nil
 }
 
+// overloadGrace is how long a node must stay at full capacity before the
+// leader moves its replicas elsewhere.
+const overloadGrace = 10 * time.Second
+
+// overloaded returns the eligible nodes that have been at full capacity
+// (gossiped in-flight calls >= capacity) for overloadGrace.
+func (r *reconciler) overloaded(eligible map[string]membership.Member, now time.Time) map[string]bool {
+	if r.overSince == nil {
+		r.overSince = map[string]time.Time{}
+	}
+	out := map[string]bool{}
+	for id, m := range eligible {
+		if m.Capacity <= 0 || m.InFlight < m.Capacity {
+			delete(r.overSince, id)
+			continue
+		}
+		if _, ok := r.overSince[id]; !ok {
+			r.overSince[id] = now
+		}
+		if now.Sub(r.overSince[id]) >= overloadGrace {
+			out[id] = true
+		}
+	}
+	return out
+}
+
 // chooseHolders returns the holders provider p should have, given its
-// current holders, the nodes eligible to hold anything, and how many
-// providers each node holds.
-func chooseHolders(p fsm.Provider, current []string, eligible map[string]membership.Member, held map[string]int) []string {
+// current holders, the nodes eligible to hold anything, how many providers
+// each node holds, and which nodes stay overloaded. A replicas:N provider
+// leaves one overloaded holder per pass, when a capable node under half
+// load can take its place.
+func chooseHolders(p fsm.Provider, current []string, eligible map[string]membership.Member, held map[string]int, overloaded map[string]bool) []string {
 	var capable []string
 	for _, id := range p.Nodes {
 		if _, ok := eligible[id]; ok {
@@ -66,8 +96,19 @@ func chooseHolders(p fsm.Provider, current []string, eligible map[string]members
 	if p.Replicas == 0 {
 		return capable // sorted, as Provider.Nodes is
 	}
+	relief := ""
+	for _, id := range capable {
+		if !slices.Contains(current, id) && !overloaded[id] && loadOf(eligible[id]) < 50 {
+			relief = id
+			break
+		}
+	}
 	var out []string
 	for _, id := range current {
+		if relief != "" && overloaded[id] {
+			relief = "" // this one leaves; the least loaded fill its place
+			continue
+		}
 		if slices.Contains(capable, id) && len(out) < p.Replicas {
 			out = append(out, id)
 		}

@@ -3,6 +3,7 @@ package cluster
 import (
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/mcpcluster/mcpcluster/fsm"
 	"github.com/mcpcluster/mcpcluster/membership"
@@ -40,9 +41,38 @@ func TestChooseHolders(t *testing.T) {
 			if held == nil {
 				held = map[string]int{}
 			}
-			if got := chooseHolders(tc.p, tc.current, eligible, held); !slices.Equal(got, tc.want) {
+			if got := chooseHolders(tc.p, tc.current, eligible, held, nil); !slices.Equal(got, tc.want) {
 				t.Fatalf("got %v, want %v", got, tc.want)
 			}
 		})
+	}
+}
+
+func TestPlacementLeavesOverloadedHolder(t *testing.T) {
+	m := func(id string, inflight int) membership.Member {
+		return membership.Member{Meta: membership.Meta{ID: id, InFlight: inflight, Capacity: 100}}
+	}
+	eligible := map[string]membership.Member{"a": m("a", 100), "b": m("b", 10), "c": m("c", 0), "d": m("d", 80)}
+	p := fsm.Provider{Replicas: 2, Nodes: []string{"a", "b", "c", "d"}}
+	if got := chooseHolders(p, []string{"a", "b"}, eligible, map[string]int{}, map[string]bool{"a": true}); !slices.Equal(got, []string{"b", "c"}) {
+		t.Fatalf("overloaded holder a: got %v, want [b c]", got)
+	}
+	// Nobody under half load to take over: the holders stay.
+	busy := map[string]membership.Member{"a": m("a", 100), "b": m("b", 10), "d": m("d", 80)}
+	if got := chooseHolders(p, []string{"a", "b"}, busy, map[string]int{}, map[string]bool{"a": true}); !slices.Equal(got, []string{"a", "b"}) {
+		t.Fatalf("no relief: got %v, want [a b]", got)
+	}
+
+	r := &reconciler{}
+	now := time.Now()
+	if got := r.overloaded(eligible, now); len(got) != 0 {
+		t.Fatalf("overloaded at once: %v", got)
+	}
+	if got := r.overloaded(eligible, now.Add(overloadGrace)); !got["a"] || len(got) != 1 {
+		t.Fatalf("after the grace: %v, want a", got)
+	}
+	eligible["a"] = m("a", 50)
+	if got := r.overloaded(eligible, now.Add(2*overloadGrace)); len(got) != 0 {
+		t.Fatalf("after the load dropped: %v", got)
 	}
 }

@@ -2,7 +2,12 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -193,9 +198,12 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("/metrics lacks %s", name)
 		}
 	}
-	if got := sample(before, "mcpcluster_members", map[string]string{"state": "alive", "status": "running"}); got != 3 {
-		t.Errorf("alive running members: %v, want 3", got)
-	}
+	waitFor(t, 10*time.Second, func() error {
+		if got := sample(via.scrape(t), "mcpcluster_members", map[string]string{"state": "alive", "status": "running"}); got != 3 {
+			return fmt.Errorf("alive running members: %v, want 3", got)
+		}
+		return nil
+	})
 	cl := mcpgoClient(t, via.mcpURL(), legacy)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -227,5 +235,165 @@ func TestMetrics(t *testing.T) {
 		if a-b != ch.delta {
 			t.Errorf("%s%v moved by %v, want %v", ch.name, ch.labels, a-b, ch.delta)
 		}
+	}
+}
+
+// postCall sends one stateless 2025-11-25 tools/call and returns the HTTP
+// status, the Retry-After header and the body.
+func postCall(ctx context.Context, cl *http.Client, n *node, tool string, args map[string]any) (int, string, string, error) {
+	params, _ := json.Marshal(map[string]any{"name": tool, "arguments": args})
+	body := `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":` + string(params) + `}`
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, n.mcpURL(), strings.NewReader(body))
+	if err != nil {
+		return 0, "", "", err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/event-stream")
+	req.Header.Set("Mcp-Protocol-Version", legacy)
+	resp, err := cl.Do(req)
+	if err != nil {
+		return 0, "", "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header.Get("Retry-After"), string(b), err
+}
+
+// Acceptance 5.1: a node with 100 slots and a queue of 100, hit by 1,000
+// concurrent slow calls: the excess is refused at once with 429, every
+// admitted call completes, memory stays bounded, and the node serves
+// normally right after.
+func TestBackpressure(t *testing.T) {
+	n := newNode(t, "solo", "--bootstrap-expect", "1", "--max-concurrent", "100", "--max-queue", "100", "--call-timeout", "10s")
+	n.start()
+	c := &testCluster{t: t, nodes: []*node{n}}
+	c.waitStable(30*time.Second, c.nodes, "solo")
+	cl := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1000, MaxConnsPerHost: 0}}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	const total = 1000
+	var ok, busy, other atomic.Int64
+	var slowestRefusal atomic.Int64
+	var wg sync.WaitGroup
+	gate := make(chan struct{})
+	for range total {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-gate
+			start := time.Now()
+			code, retry, body, err := postCall(ctx, cl, n, "sleep", map[string]any{"ms": 2000})
+			switch {
+			case err == nil && code == 200 && strings.Contains(body, "slept"):
+				ok.Add(1)
+			case err == nil && code == 429 && retry != "" && strings.Contains(body, "server busy"):
+				busy.Add(1)
+				if d := int64(time.Since(start)); d > slowestRefusal.Load() {
+					slowestRefusal.Store(d)
+				}
+			default:
+				other.Add(1)
+				t.Errorf("call: %d %q %.200s %v", code, retry, body, err)
+			}
+		}()
+	}
+	close(gate)
+	wg.Wait()
+	t.Logf("%d calls: %d completed, %d refused with 429 (slowest refusal %s), %d other",
+		total, ok.Load(), busy.Load(), time.Duration(slowestRefusal.Load()).Round(time.Millisecond), other.Load())
+	if ok.Load() < 200 || ok.Load()+busy.Load() != total {
+		t.Fatalf("want at least the 200 admitted calls completed and the rest refused")
+	}
+	if time.Duration(slowestRefusal.Load()) > time.Second {
+		t.Fatalf("a refusal took %s: the excess must be refused at once", time.Duration(slowestRefusal.Load()))
+	}
+	fams := n.scrape(t)
+	if rss := sample(fams, "process_resident_memory_bytes", nil); rss <= 0 || rss > 512<<20 {
+		t.Fatalf("resident memory %v after the burst", rss)
+	}
+	if got := sample(fams, "mcpcluster_rejections_total", map[string]string{"reason": "busy"}); got != float64(busy.Load()) {
+		t.Fatalf("rejections counted %v, clients saw %d", got, busy.Load())
+	}
+	if !n.running() {
+		t.Fatal("node died")
+	}
+	if code, _, body, err := postCall(ctx, cl, n, "echo", map[string]any{"text": "after"}); err != nil || code != 200 || !strings.Contains(body, "after") {
+		t.Fatalf("after the burst: %d %s %v", code, body, err)
+	}
+}
+
+// Acceptance 5.2: a call that outlives its timeout ends with an error
+// naming the timeout, and the tool's handler sees the cancellation: here
+// and, for a forwarded call, on the holder.
+func TestCallTimeout(t *testing.T) {
+	c := newProviderCluster(t, 3, pinnedProvider, "--call-timeout", "1s")
+	holder := c.node(c.nodes[0].holders(t, "pinned_sleep", 1)[0])
+	via := c.except(holder.id)[0]
+	cl := mcpgoClient(t, via.mcpURL(), legacy)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	start := time.Now()
+	_, _, err := callTool(ctx, cl, "sleep", map[string]any{"ms": 10000})
+	if err == nil || !strings.Contains(err.Error(), `tool "sleep" timed out after 1s`) || !strings.Contains(err.Error(), "sleep cancelled") {
+		t.Fatalf("local call past its timeout: %v", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("local timeout answered after %s", d)
+	}
+
+	start = time.Now()
+	_, _, err = callTool(ctx, cl, "pinned_sleep", map[string]any{"ms": 10000})
+	if err == nil || !strings.Contains(err.Error(), `tool "pinned_sleep" timed out after 1s`) {
+		t.Fatalf("forwarded call past its timeout: %v", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("forwarded timeout answered after %s", d)
+	}
+	waitFor(t, 5*time.Second, func() error {
+		if !strings.Contains(holder.log(), "sleep cancelled") {
+			return fmt.Errorf("holder %s did not see the call cancelled", holder.id)
+		}
+		return nil
+	})
+}
+
+// Acceptance 5.4: of two holders, one slow, a steady stream of calls
+// through a third node runs mostly on the fast one.
+func TestCallsAvoidSlowHolder(t *testing.T) {
+	dir := t.TempDir()
+	provider := func(delay string) string {
+		cfg := filepath.Join(dir, "node-"+delay+".yaml")
+		body := fmt.Sprintf("providers:\n  - name: dual\n    type: stdio\n    command: [%q]\n    env: [STDIO_SERVER_DELAY=%s]\n    prefix: dual_\n    replicas: 2\n", stdioServer, delay)
+		if err := os.WriteFile(cfg, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	c := &testCluster{t: t}
+	slow := newNode(t, "node1", "--config", provider("300ms"))
+	fast := newNode(t, "node2", "--config", provider("0s"))
+	via := newNode(t, "node3")
+	c.nodes = []*node{slow, fast, via}
+	for _, nd := range c.nodes {
+		nd.extra = append(nd.extra, append([]string{"--bootstrap-expect", "3"}, c.joinFlags()...)...)
+	}
+	c.startAll()
+	c.waitStable(30*time.Second, c.nodes, c.ids()...)
+	via.holders(t, "dual_echo", 2)
+
+	calls := startSteadyCalls(t, []*node{via}, "dual_echo", map[string]any{"text": "x"}, 8)
+	calls.waitCalls(t, 300)
+	calls.finish()
+	if calls.failed.Load() != 0 {
+		t.Fatalf("%d calls failed: %v", calls.failed.Load(), calls.errs)
+	}
+	calls.mu.Lock()
+	onFast, onSlow := calls.ranOn[fast.id], calls.ranOn[slow.id]
+	calls.mu.Unlock()
+	t.Logf("calls through %s: %d on the fast holder, %d on the slow one", via.id, onFast, onSlow)
+	if onFast < 4*onSlow {
+		t.Fatalf("fast holder ran %d calls, slow holder %d: want most on the fast one", onFast, onSlow)
 	}
 }

@@ -2,6 +2,7 @@
 // an mcpcluster provider of type "stdio" runs. It serves the built-in demo
 // tools (echo, sleep, sha256) and "whoami", which tells the process id, so
 // you can see which process answered and that a restarted one is new.
+// STDIO_SERVER_DELAY (e.g. 200ms) delays every call, to play a slow upstream.
 //
 //	providers:
 //	  - name: demo
@@ -15,6 +16,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"time"
 
 	mcplib "github.com/mark3labs/mcp-go/mcp"
 	"github.com/mark3labs/mcp-go/server"
@@ -22,7 +24,30 @@ import (
 )
 
 func main() {
-	s := server.NewMCPServer("mcpcluster-stdio-example", mcp.Version, server.WithToolCapabilities(false))
+	var delay time.Duration
+	if v := os.Getenv("STDIO_SERVER_DELAY"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "stdio-server: STDIO_SERVER_DELAY:", err)
+			os.Exit(2)
+		}
+		delay = d
+	}
+	var opts []server.ServerOption
+	opts = append(opts, server.WithToolCapabilities(false))
+	if delay > 0 {
+		opts = append(opts, server.WithToolHandlerMiddleware(func(next server.ToolHandlerFunc) server.ToolHandlerFunc {
+			return func(ctx context.Context, req mcplib.CallToolRequest) (*mcplib.CallToolResult, error) {
+				select {
+				case <-time.After(delay):
+				case <-ctx.Done():
+					return nil, ctx.Err()
+				}
+				return next(ctx, req)
+			}
+		}))
+	}
+	s := server.NewMCPServer("mcpcluster-stdio-example", mcp.Version, opts...)
 	s.AddTools(mcp.BuiltinTools(nil)...)
 	s.AddTool(mcplib.NewTool("whoami",
 		mcplib.WithDescription("The process id of this server."),
