@@ -283,3 +283,53 @@ func benchCalls(b *testing.B, url, tool, version string, workers int) {
 		b.Errorf("%d calls failed", f)
 	}
 }
+
+// BenchmarkBackpressure drives one node with 16 slots and a queue of 16 at
+// its limit and at twice it (closed loop, 20 ms calls): admitted calls/s,
+// the p99 of admitted calls, and how many were refused with 429.
+//
+//	go test -run '^$' -bench Backpressure -benchtime 2000x ./integration/
+func BenchmarkBackpressure(b *testing.B) {
+	n := newNode(b, "solo", "--bootstrap-expect", "1", "--max-concurrent", "16", "--max-queue", "16", "--log-level", "warn")
+	n.start()
+	c := &testCluster{t: b, nodes: []*node{n}}
+	c.waitStable(30*time.Second, c.nodes, "solo")
+	for _, clients := range []int{16, 32, 64} {
+		b.Run(fmt.Sprintf("clients=%d", clients), func(b *testing.B) {
+			var next, refused atomic.Int64
+			lat := make([][]time.Duration, clients)
+			var wg sync.WaitGroup
+			ctx := context.Background()
+			b.ResetTimer()
+			start := time.Now()
+			for w := range clients {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for next.Add(1) <= int64(b.N) {
+						t0 := time.Now()
+						code, _, _, err := postCall(ctx, benchClient, n, "sleep", map[string]any{"ms": 20})
+						switch {
+						case err == nil && code == 200:
+							lat[w] = append(lat[w], time.Since(t0))
+						case err == nil && code == 429:
+							refused.Add(1)
+						default:
+							b.Errorf("call: %d %v", code, err)
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			elapsed := time.Since(start)
+			b.StopTimer()
+			all := slices.Concat(lat...)
+			slices.Sort(all)
+			b.ReportMetric(float64(len(all))/elapsed.Seconds(), "admitted/s")
+			b.ReportMetric(float64(percentile(all, 0.99).Microseconds())/1000, "p99-ms")
+			b.ReportMetric(float64(refused.Load())/elapsed.Seconds(), "refused/s")
+			b.ReportMetric(0, "ns/op")
+		})
+	}
+}

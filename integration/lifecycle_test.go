@@ -397,3 +397,36 @@ func TestCallsAvoidSlowHolder(t *testing.T) {
 		t.Fatalf("fast holder ran %d calls, slow holder %d: want most on the fast one", onFast, onSlow)
 	}
 }
+
+// SIGTERM drains; a second signal during the drain stops the node at once.
+func TestSecondSignalStopsAtOnce(t *testing.T) {
+	n := newNode(t, "solo", "--bootstrap-expect", "1", "--drain-grace", "60s", "--call-timeout", "60s")
+	n.start()
+	c := &testCluster{t: t, nodes: []*node{n}}
+	c.waitStable(30*time.Second, c.nodes, "solo")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	go postCall(ctx, http.DefaultClient, n, "sleep", map[string]any{"ms": 50000}) // keeps the drain waiting
+	waitFor(t, 10*time.Second, func() error {
+		if sample(n.scrape(t), "mcpcluster_inflight_calls", nil) != 1 {
+			return fmt.Errorf("call not running yet")
+		}
+		return nil
+	})
+	n.signal(syscall.SIGTERM)
+	waitFor(t, 10*time.Second, func() error {
+		if !strings.Contains(n.log(), "draining") {
+			return fmt.Errorf("not draining yet")
+		}
+		return nil
+	})
+	if _, exited := n.wait(500 * time.Millisecond); exited {
+		t.Fatal("the node did not wait for its in-flight call")
+	}
+	start := time.Now()
+	n.signal(syscall.SIGINT)
+	if _, exited := n.wait(5 * time.Second); !exited {
+		t.Fatal("second signal did not stop the node")
+	}
+	t.Logf("stopped %s after the second signal", time.Since(start).Round(time.Millisecond))
+}
