@@ -2,7 +2,7 @@ GO       ?= go
 BIN      := bin/mcpcluster
 FUZZTIME ?= 10s
 
-.PHONY: build run test unit integration fuzz lint bench clean
+.PHONY: build run test fuzz lint bench bench-go clean
 
 ## build: static binary in bin/mcpcluster
 build:
@@ -29,12 +29,17 @@ lint:
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
-## bench: write throughput at 1/16/64 writers, leader failover and gossip
-## failure detection on a 3-node loopback cluster, plus FSM benchmarks
+## bench: the standard benchmark on a local 3-node cluster it starts; writes
+## docs/benchmarks.md, docs/benchmarks.png and docs/benchmarks.json
 bench: build
-	MCPCLUSTER_BIN=$(abspath $(BIN)) $(GO) test -run='^$$' -bench=ClusterWrite -benchtime=5000x -timeout 30m ./integration/
+	./$(BIN) bench suite --out docs/benchmarks.md
+
+## bench-go: the Go benchmarks (FSM, cluster core, front door, integration)
+bench-go: build
+	$(GO) test -run='^$$' -bench=. ./fsm/ ./mcp/
+	$(GO) test -run='^$$' -bench=. -benchtime=20000x ./cluster/
+	MCPCLUSTER_BIN=$(abspath $(BIN)) $(GO) test -run='^$$' -bench='ClusterWrite|ToolCall|Backpressure' -benchtime=5000x -timeout 30m ./integration/
 	MCPCLUSTER_BIN=$(abspath $(BIN)) $(GO) test -run='^$$' -bench='LeaderFailover|GossipFailureDetection' -benchtime=5x -timeout 30m ./integration/
-	$(GO) test -run='^$$' -bench=. ./fsm/
 
 clean:
 	rm -rf bin data

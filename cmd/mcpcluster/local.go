@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -15,6 +16,129 @@ import (
 	"syscall"
 	"time"
 )
+
+// localCluster is a cluster of child `mcpcluster agent` processes on
+// loopback: node i listens on base+10*i (HTTP), +1 (cluster), +2 (gossip).
+type localCluster struct {
+	self     string
+	n        int
+	basePort int
+	dataDir  string
+	extra    []string // flags every node gets
+	stdout   io.Writer
+	stderr   io.Writer
+
+	mu    sync.Mutex
+	procs []*exec.Cmd
+	wg    sync.WaitGroup
+}
+
+func (lc *localCluster) addr(i, off int) string {
+	return fmt.Sprintf("127.0.0.1:%d", lc.basePort+10*i+off)
+}
+
+func (lc *localCluster) id(i int) string { return fmt.Sprintf("node%d", i+1) }
+
+// start launches every node.
+func (lc *localCluster) start() error {
+	lc.procs = make([]*exec.Cmd, lc.n)
+	for i := range lc.n {
+		if err := lc.startNode(i); err != nil {
+			lc.stop(10 * time.Second)
+			return err
+		}
+	}
+	return nil
+}
+
+// startNode launches node i (again).
+func (lc *localCluster) startNode(i int) error {
+	args := []string{"agent",
+		"--node-id", lc.id(i),
+		"--data-dir", filepath.Join(lc.dataDir, lc.id(i)),
+		"--http-addr", lc.addr(i, 0),
+		"--rpc-addr", lc.addr(i, 1),
+		"--gossip-addr", lc.addr(i, 2),
+		"--bootstrap-expect", fmt.Sprint(lc.n),
+	}
+	for j := range lc.n {
+		args = append(args, "--join", lc.addr(j, 2))
+	}
+	cmd := exec.Command(lc.self, append(args, lc.extra...)...)
+	cmd.Stdout = prefixWriter(lc.stdout, lc.id(i))
+	cmd.Stderr = prefixWriter(lc.stderr, lc.id(i))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // Ctrl-C reaches us, and we stop the nodes
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", lc.id(i), err)
+	}
+	lc.mu.Lock()
+	lc.procs[i] = cmd
+	lc.mu.Unlock()
+	lc.wg.Add(1)
+	go func() {
+		defer lc.wg.Done()
+		err := cmd.Wait()
+		fmt.Fprintf(lc.stdout, "%s exited: %v\n", lc.id(i), exitText(err))
+	}()
+	return nil
+}
+
+// pid returns node i's process id.
+func (lc *localCluster) pid(i int) int {
+	lc.mu.Lock()
+	defer lc.mu.Unlock()
+	return lc.procs[i].Process.Pid
+}
+
+// waitReady waits until every node answers /readyz.
+func (lc *localCluster) waitReady(ctx context.Context, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for i := 0; i < lc.n; {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+lc.addr(i, 0)+"/readyz", nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				i++
+				continue
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s not ready after %s", lc.id(i), timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// stop sends SIGTERM to every node, then SIGKILL after timeout.
+func (lc *localCluster) stop(timeout time.Duration) {
+	lc.mu.Lock()
+	for _, p := range lc.procs {
+		if p != nil {
+			_ = p.Process.Signal(syscall.SIGTERM)
+		}
+	}
+	lc.mu.Unlock()
+	done := make(chan struct{})
+	go func() { lc.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		lc.mu.Lock()
+		for _, p := range lc.procs {
+			if p != nil {
+				_ = p.Process.Kill()
+			}
+		}
+		lc.mu.Unlock()
+		<-done
+	}
+}
 
 // runLocal starts a local cluster of child `mcpcluster agent` processes on
 // loopback, prints their endpoints, and stops them all on Ctrl-C.
@@ -43,71 +167,28 @@ func runLocal(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("find own executable: %w", err)
 	}
-
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop := signalContext()
 	defer stop()
 
-	addr := func(i, off int) string { return fmt.Sprintf("127.0.0.1:%d", *basePort+10*i+off) }
-	var joins []string
-	for i := 0; i < *nodes; i++ {
-		joins = append(joins, "--join", addr(i, 2))
-	}
-	var (
-		wg    sync.WaitGroup
-		procs []*exec.Cmd
-	)
+	lc := &localCluster{self: self, n: *nodes, basePort: *basePort, dataDir: *dataDir, stdout: stdout, stderr: stderr,
+		extra: []string{"--gossip-profile", "local", "--dead-server-timeout", "30s", "--log-level", *logLevel}}
 	fmt.Fprintf(stdout, "Starting %d mcpcluster nodes (data in %s):\n", *nodes, *dataDir)
-	for i := 0; i < *nodes; i++ {
-		id := fmt.Sprintf("node%d", i+1)
-		args := append([]string{"agent",
-			"--node-id", id,
-			"--data-dir", filepath.Join(*dataDir, id),
-			"--http-addr", addr(i, 0),
-			"--rpc-addr", addr(i, 1),
-			"--gossip-addr", addr(i, 2),
-			"--bootstrap-expect", fmt.Sprint(*nodes),
-			"--gossip-profile", "local",
-			"--dead-server-timeout", "30s",
-			"--log-level", *logLevel,
-		}, joins...)
-		cmd := exec.Command(self, args...)
-		cmd.Stdout = prefixWriter(stdout, id)
-		cmd.Stderr = prefixWriter(stderr, id)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // Ctrl-C reaches us, and we stop the nodes
-		if err := cmd.Start(); err != nil {
-			stopAll(procs)
-			return fmt.Errorf("start %s: %w", id, err)
-		}
-		procs = append(procs, cmd)
-		fmt.Fprintf(stdout, "  %s  pid %-7d http://%s  (status: mcpcluster status --http-addr %s)\n", id, cmd.Process.Pid, addr(i, 0), addr(i, 0))
-		wg.Add(1)
-		go func(id string, cmd *exec.Cmd) {
-			defer wg.Done()
-			err := cmd.Wait()
-			fmt.Fprintf(stdout, "%s exited: %v\n", id, exitText(err))
-		}(id, cmd)
+	if err := lc.start(); err != nil {
+		return err
+	}
+	for i := range lc.n {
+		fmt.Fprintf(stdout, "  %s  pid %-7d http://%s  (status: mcpcluster status --http-addr %s)\n", lc.id(i), lc.pid(i), lc.addr(i, 0), lc.addr(i, 0))
 	}
 	fmt.Fprintln(stdout, "Press Ctrl-C to stop all nodes.")
 	<-ctx.Done()
 	fmt.Fprintln(stdout, "stopping nodes...")
-	stopAll(procs)
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(15 * time.Second):
-		for _, p := range procs {
-			_ = p.Process.Kill()
-		}
-		<-done
-	}
+	lc.stop(15 * time.Second)
 	return nil
 }
 
-func stopAll(procs []*exec.Cmd) {
-	for _, p := range procs {
-		_ = p.Process.Signal(syscall.SIGTERM)
-	}
+// signalContext is cancelled by SIGINT or SIGTERM.
+func signalContext() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 }
 
 func exitText(err error) string {

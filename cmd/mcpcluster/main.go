@@ -22,6 +22,7 @@ Commands:
   members   print the cluster's members with status and load
   tools     print the cluster's tool catalog with each tool's holders
   cache     get, set, delete and list keys of the shared cache
+  bench     load-test running nodes (bench suite: the standard report)
   leave     make a node leave the cluster gracefully and exit
 `
 
@@ -46,6 +47,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runStatus(args[1:], stdout, stderr)
 	case "members":
 		err = runMembers(args[1:], stdout, stderr)
+	case "bench":
+		err = runBench(args[1:], stdout, stderr)
 	case "cache":
 		err = runCache(args[1:], os.Stdin, stdout, stderr)
 	case "tools":

@@ -1,0 +1,244 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// runBenchSuite is `mcpcluster bench suite` (make bench): it starts a local
+// 3-node cluster, runs the standard set and writes the report and plot.
+func runBenchSuite(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("bench suite", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	out := fs.String("out", "docs/benchmarks.md", "report file; the plot goes beside it as .png, the results as .json")
+	duration := fs.Duration("duration", 5*time.Second, "length of each closed-loop run")
+	basePort := fs.Int("base-port", 18700, "ports of the local cluster (node i: base+10*i, +1, +2)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stderr)
+			fs.PrintDefaults()
+			return err
+		}
+		return usageError{err}
+	}
+	if *duration <= 0 || *basePort < 1024 || *basePort > 65000 {
+		return usagef("-duration must be positive and -base-port 1024 to 65000")
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find own executable: %w", err)
+	}
+	dir, err := os.MkdirTemp("", "mcpcluster-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	cfgFile := filepath.Join(dir, "providers.yaml")
+	if err := os.WriteFile(cfgFile, []byte("providers:\n  - name: pinned\n    type: builtin\n    prefix: pinned_\n    replicas: 1\n"), 0o644); err != nil {
+		return err
+	}
+	ctx, stop := signalContext()
+	defer stop()
+
+	lc := &localCluster{self: self, n: 3, basePort: *basePort, dataDir: dir, stdout: io.Discard, stderr: io.Discard,
+		extra: []string{"--config", cfgFile, "--log-level", "error", "--max-concurrent", "1000", "--max-queue", "1000"}}
+	fmt.Fprintf(stdout, "starting a local 3-node cluster on ports %d-%d\n", *basePort, *basePort+22)
+	if err := lc.start(); err != nil {
+		return err
+	}
+	defer lc.stop(15 * time.Second)
+	if err := lc.waitReady(ctx, 60*time.Second); err != nil {
+		return err
+	}
+	var results []BenchResult
+	run := func(cfg benchConfig) error {
+		res, err := benchWithBaseline(ctx, cfg)
+		if err != nil {
+			return fmt.Errorf("%s: %w", cfg.name, err)
+		}
+		printResult(stdout, res)
+		results = append(results, res)
+		return nil
+	}
+	url := func(i int) string { return "http://" + lc.addr(i, 0) }
+	all := []string{url(0), url(1), url(2)}
+	base := benchConfig{protocol: legacyProtocol, concurrency: 16, duration: *duration, timeout: 10 * time.Second,
+		consistency: "linearizable", valueSize: 100, args: map[string]any{"text": "hello"}}
+
+	holder, leader, err := lc.roles(ctx, "pinned_echo")
+	if err != nil {
+		return err
+	}
+	via := other(3, holder, leader)
+	steps := []benchConfig{
+		with(base, func(c *benchConfig) {
+			c.name, c.scenario, c.tool, c.targets, c.baseline = "local call (echo)", "call", "echo", []string{url(via)}, true
+		}),
+		with(base, func(c *benchConfig) {
+			c.name, c.scenario, c.tool, c.targets, c.baseline = "forwarded call (pinned_echo)", "call", "pinned_echo", []string{url(via)}, true
+		}),
+	}
+	for _, w := range []int{1, 16, 64} {
+		steps = append(steps, with(base, func(c *benchConfig) {
+			c.name, c.scenario, c.targets, c.concurrency = fmt.Sprintf("cache set, %d writers", w), "cache-set", all, w
+		}))
+	}
+	steps = append(steps,
+		with(base, func(c *benchConfig) {
+			c.name, c.scenario, c.targets = "linearizable get (follower)", "cache-get", []string{url(via)}
+		}),
+		with(base, func(c *benchConfig) {
+			c.name, c.scenario, c.targets, c.baseline = "session init", "session-init", []string{url(via)}, true
+		}),
+	)
+	for _, s := range steps {
+		if err := run(s); err != nil {
+			return err
+		}
+	}
+
+	// Failover of the tool's holder, then of the leader: a fixed-rate
+	// stream through a node that is neither, the other one killed after 2 s.
+	holder, leader, err = lc.roles(ctx, "pinned_echo")
+	if err != nil {
+		return err
+	}
+	victim := holder
+	fo := with(base, func(c *benchConfig) {
+		c.name, c.scenario, c.op, c.tool = "holder failover (pinned_echo)", "failover", "call", "pinned_echo"
+		c.targets, c.rate, c.concurrency, c.duration = []string{url(other(3, holder, leader))}, 200, 64, 8*time.Second
+		c.killPID, c.killAfter = lc.pid(victim), 2*time.Second
+	})
+	if holder == leader { // the stream must not go through the victim
+		fo.targets = []string{url(other(3, holder, -1))}
+	}
+	if err := run(fo); err != nil {
+		return err
+	}
+	if err := lc.revive(ctx, victim); err != nil {
+		return err
+	}
+	_, leader, err = lc.roles(ctx, "pinned_echo")
+	if err != nil {
+		return err
+	}
+	lo := with(base, func(c *benchConfig) {
+		c.name, c.scenario, c.op = "leader failover (cache set)", "failover", "cache-set"
+		c.targets, c.rate, c.concurrency, c.duration = []string{url(other(3, leader, -1))}, 200, 64, 8*time.Second
+		c.killPID, c.killAfter = lc.pid(leader), 2*time.Second
+	})
+	if err := run(lo); err != nil {
+		return err
+	}
+	if err := lc.revive(ctx, leader); err != nil {
+		return err
+	}
+
+	if err := os.MkdirAll(filepath.Dir(*out), 0o755); err != nil {
+		return err
+	}
+	png := strings.TrimSuffix(*out, filepath.Ext(*out)) + ".png"
+	var md strings.Builder
+	if err := writeBenchReport(&md, results, machineInfo(), filepath.Base(png)); err != nil {
+		return err
+	}
+	if err := os.WriteFile(*out, []byte(md.String()), 0o644); err != nil {
+		return err
+	}
+	if err := writeBenchPlot(png, results); err != nil {
+		return err
+	}
+	js, _ := json.MarshalIndent(results, "", "  ")
+	if err := os.WriteFile(strings.TrimSuffix(*out, filepath.Ext(*out))+".json", js, 0o644); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "wrote %s and %s\n", *out, png)
+	return nil
+}
+
+// with returns a copy of c changed by f.
+func with(c benchConfig, f func(*benchConfig)) benchConfig {
+	f(&c)
+	return c
+}
+
+// other returns the first node of n that is neither a nor b.
+func other(n, a, b int) int {
+	for i := range n {
+		if i != a && i != b {
+			return i
+		}
+	}
+	return 0
+}
+
+// roles returns the index of tool's holder and of the leader.
+func (lc *localCluster) roles(ctx context.Context, tool string) (holder, leader int, err error) {
+	holder, leader = -1, -1
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		var cat struct {
+			Tools []struct {
+				Name    string
+				Holders []string
+			}
+		}
+		var st struct{ Leader struct{ ID string } }
+		if getJSON(ctx, "http://"+lc.addr(0, 0)+"/v1/catalog", &cat) == nil && getJSON(ctx, "http://"+lc.addr(0, 0)+"/v1/status", &st) == nil {
+			for _, t := range cat.Tools {
+				if t.Name == tool && len(t.Holders) == 1 {
+					holder = lc.index(t.Holders[0])
+				}
+			}
+			leader = lc.index(st.Leader.ID)
+			if holder >= 0 && leader >= 0 {
+				return holder, leader, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return -1, -1, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	return -1, -1, fmt.Errorf("no holder of %s or no leader after 30s", tool)
+}
+
+func (lc *localCluster) index(id string) int {
+	for i := range lc.n {
+		if lc.id(i) == id {
+			return i
+		}
+	}
+	return -1
+}
+
+// revive restarts node i on its data dir and waits for the cluster.
+func (lc *localCluster) revive(ctx context.Context, i int) error {
+	if err := lc.startNode(i); err != nil {
+		return err
+	}
+	return lc.waitReady(ctx, 60*time.Second)
+}
+
+func getJSON(ctx context.Context, url string, v any) error {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
+}
