@@ -1,8 +1,11 @@
+SHELL       := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
 GO       ?= go
 BIN      := bin/mcpcluster
 FUZZTIME ?= 10s
 
-.PHONY: build run test fuzz lint bench bench-go clean
+.PHONY: build run test fuzz lint bench bench-go chaos chaos-short clean
 
 ## build: static binary in bin/mcpcluster
 build:
@@ -41,5 +44,13 @@ bench-go: build
 	MCPCLUSTER_BIN=$(abspath $(BIN)) $(GO) test -run='^$$' -bench='ClusterWrite|ToolCall|Backpressure' -benchtime=5000x -timeout 30m ./integration/
 	MCPCLUSTER_BIN=$(abspath $(BIN)) $(GO) test -run='^$$' -bench='LeaderFailover|GossipFailureDetection' -benchtime=5x -timeout 30m ./integration/
 
+## chaos-short: 3 nodes, each fault once under load, checked (about 1 minute)
+chaos-short: build
+	MCPCLUSTER_BIN=$(abspath $(BIN)) $(GO) test -count=1 -run '^TestChaos$$' -v -timeout 15m ./integration/ -args -chaos short -chaos.out $(abspath chaos-out) | grep -vE '^\s+time=|=== start'
+
+## chaos: 3 nodes (two rounds of faults) and 5 nodes, checked (a few minutes)
+chaos: build
+	MCPCLUSTER_BIN=$(abspath $(BIN)) $(GO) test -count=1 -run '^TestChaos$$' -v -timeout 30m ./integration/ -args -chaos full -chaos.out $(abspath chaos-out) | grep -vE '^\s+time=|=== start'
+
 clean:
-	rm -rf bin data
+	rm -rf bin data chaos-out
