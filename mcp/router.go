@@ -93,7 +93,8 @@ func (r *router) handle(ctx context.Context, req mcplib.CallToolRequest) (res *m
 	if err == nil && ttl > 0 && res != nil && !res.IsError {
 		r.s.storeResult(ctx, key, res, ttl)
 	}
-	if err != nil && ctx.Err() == context.DeadlineExceeded {
+	// The holder's copy of the deadline may fire a moment before ours.
+	if err != nil && (ctx.Err() == context.DeadlineExceeded || errors.Is(err, context.DeadlineExceeded)) {
 		return nil, fmt.Errorf("tool %q timed out after %s: %w", name, timeout, err)
 	}
 	return res, err
