@@ -83,6 +83,22 @@ func (b *static) Call(ctx context.Context, req mcplib.CallToolRequest) (*mcplib.
 	return h(ctx, req)
 }
 
+// readOnlyTool annotates a tool that only reads or computes: no side
+// effects, safe to send again to another holder after a failure.
+var readOnlyTool = annotate(true, true, false)
+
+// annotate returns the MCP annotations of a closed-world tool (it touches
+// nothing outside the cluster).
+func annotate(readOnly, idempotent, destructive bool) mcplib.ToolOption {
+	return func(t *mcplib.Tool) {
+		t.Annotations.ReadOnlyHint = &readOnly
+		t.Annotations.IdempotentHint = &idempotent
+		t.Annotations.DestructiveHint = &destructive
+		openWorld := false
+		t.Annotations.OpenWorldHint = &openWorld
+	}
+}
+
 // ranOn marks a result with the node that ran it, in _meta
 // ("mcpcluster/node"), so callers and tests see where a forwarded call ran.
 func ranOn(res *mcplib.CallToolResult, node string) *mcplib.CallToolResult {
@@ -101,10 +117,7 @@ func echoTool() func() (mcplib.Tool, server.ToolHandlerFunc) {
 		t := mcplib.NewTool("echo",
 			mcplib.WithDescription("Returns its text argument unchanged."),
 			mcplib.WithString("text", mcplib.Required(), mcplib.Description("text to return")),
-			mcplib.WithReadOnlyHintAnnotation(true),
-			mcplib.WithIdempotentHintAnnotation(true),
-			mcplib.WithDestructiveHintAnnotation(false),
-			mcplib.WithOpenWorldHintAnnotation(false),
+			readOnlyTool,
 		)
 		return t, func(ctx context.Context, req mcplib.CallToolRequest) (*mcplib.CallToolResult, error) {
 			text, err := req.RequireString("text")
@@ -124,10 +137,7 @@ func sleepTool() func() (mcplib.Tool, server.ToolHandlerFunc) {
 		t := mcplib.NewTool("sleep",
 			mcplib.WithDescription("Waits for ms milliseconds, reporting progress every tenth; stops early when cancelled."),
 			mcplib.WithNumber("ms", mcplib.Required(), mcplib.Description("milliseconds to wait (at most 600000)")),
-			mcplib.WithReadOnlyHintAnnotation(true),
-			mcplib.WithIdempotentHintAnnotation(true),
-			mcplib.WithDestructiveHintAnnotation(false),
-			mcplib.WithOpenWorldHintAnnotation(false),
+			readOnlyTool,
 		)
 		return t, func(ctx context.Context, req mcplib.CallToolRequest) (*mcplib.CallToolResult, error) {
 			ms, err := req.RequireFloat("ms")
@@ -164,10 +174,7 @@ func sha256Tool() func() (mcplib.Tool, server.ToolHandlerFunc) {
 			mcplib.WithDescription("Hashes text with SHA-256, rounds times (the hex digest is hashed again); CPU work for benchmarks."),
 			mcplib.WithString("text", mcplib.Required(), mcplib.Description("text to hash")),
 			mcplib.WithNumber("rounds", mcplib.Description("rounds of hashing, 1 to 1000000 (default 1)")),
-			mcplib.WithReadOnlyHintAnnotation(true),
-			mcplib.WithIdempotentHintAnnotation(true),
-			mcplib.WithDestructiveHintAnnotation(false),
-			mcplib.WithOpenWorldHintAnnotation(false),
+			readOnlyTool,
 		)
 		return t, func(ctx context.Context, req mcplib.CallToolRequest) (*mcplib.CallToolResult, error) {
 			text, err := req.RequireString("text")
@@ -196,10 +203,7 @@ func clusterStatusTool(status StatusFunc) func() (mcplib.Tool, server.ToolHandle
 	return func() (mcplib.Tool, server.ToolHandlerFunc) {
 		t := mcplib.NewTool("cluster_status",
 			mcplib.WithDescription("The answering node's view of the cluster: leader, raft state, members with status and load."),
-			mcplib.WithReadOnlyHintAnnotation(true),
-			mcplib.WithIdempotentHintAnnotation(true),
-			mcplib.WithDestructiveHintAnnotation(false),
-			mcplib.WithOpenWorldHintAnnotation(false),
+			readOnlyTool,
 		)
 		return t, func(ctx context.Context, req mcplib.CallToolRequest) (*mcplib.CallToolResult, error) {
 			b, err := json.MarshalIndent(status(), "", "  ")

@@ -28,10 +28,7 @@ func CacheTools(c Cache) []server.ServerTool {
 		mcplib.WithDescription("Reads a key of the cluster's shared cache. consistency: linearizable (default), default or stale."),
 		mcplib.WithString("key", mcplib.Required()),
 		mcplib.WithString("consistency", mcplib.Enum("linearizable", "default", "stale")),
-		mcplib.WithReadOnlyHintAnnotation(true),
-		mcplib.WithIdempotentHintAnnotation(true),
-		mcplib.WithDestructiveHintAnnotation(false),
-		mcplib.WithOpenWorldHintAnnotation(false),
+		readOnlyTool,
 	)
 	set := mcplib.NewTool("cache_set",
 		mcplib.WithDescription("Writes a key of the cluster's shared cache, optionally with a ttl (e.g. 30s) and a cas version (0: only if absent)."),
@@ -39,19 +36,13 @@ func CacheTools(c Cache) []server.ServerTool {
 		mcplib.WithString("value", mcplib.Required()),
 		mcplib.WithString("ttl", mcplib.Description("lifetime such as 30s or 5m")),
 		mcplib.WithNumber("cas", mcplib.Description("write only if the current version is this (0: only if absent)")),
-		mcplib.WithReadOnlyHintAnnotation(false),
-		mcplib.WithIdempotentHintAnnotation(true),
-		mcplib.WithDestructiveHintAnnotation(true),
-		mcplib.WithOpenWorldHintAnnotation(false),
+		annotate(false, true, true), // overwrites or deletes; the same request twice leaves the same state
 	)
 	del := mcplib.NewTool("cache_delete",
 		mcplib.WithDescription("Deletes a key of the cluster's shared cache, optionally only at a cas version."),
 		mcplib.WithString("key", mcplib.Required()),
 		mcplib.WithNumber("cas", mcplib.Description("delete only if the current version is this")),
-		mcplib.WithReadOnlyHintAnnotation(false),
-		mcplib.WithIdempotentHintAnnotation(true),
-		mcplib.WithDestructiveHintAnnotation(true),
-		mcplib.WithOpenWorldHintAnnotation(false),
+		annotate(false, true, true), // overwrites or deletes; the same request twice leaves the same state
 	)
 	return []server.ServerTool{
 		{Tool: get, Handler: func(ctx context.Context, req mcplib.CallToolRequest) (*mcplib.CallToolResult, error) {
