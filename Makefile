@@ -50,7 +50,7 @@ chaos-short: build
 
 ## chaos: 3 nodes (two rounds of faults) and 5 nodes, checked (a few minutes)
 chaos: build
-	MCPCLUSTER_BIN=$(abspath $(BIN)) $(GO) test -count=1 -run '^TestChaos$$' -v -timeout 30m ./integration/ -args -chaos full -chaos.out $(abspath chaos-out) | grep -vE '^\s+time=|=== start'
+	MCPCLUSTER_BIN=$(abspath $(BIN)) $(GO) test -count=1 -run '^(TestChaos|TestPartitions)$$' -v -timeout 30m ./integration/ -args -chaos full -chaos.out $(abspath chaos-out) | grep -vE '^\s+time=|=== start'
 
 clean:
 	rm -rf bin data chaos-out

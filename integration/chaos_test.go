@@ -54,6 +54,7 @@ type chaosRun struct {
 	acked   map[string]string // unique key → value, acknowledged
 	calls   []histOp          // tool calls (Input.Op = "call"), for availability
 	faults  map[string]int
+	windows []faultWindow              // when each fault was in place, until healed
 	leaders map[uint64]map[string]bool // term → nodes that reported leading it
 	down    map[string]bool            // nodes the nemesis has killed or paused
 	stop    chan struct{}
@@ -61,6 +62,12 @@ type chaosRun struct {
 }
 
 func (r *chaosRun) now() int64 { return int64(time.Since(r.start)) }
+
+// faultWindow is when one fault was in place, from injection to healed.
+type faultWindow struct {
+	name       string
+	start, end int64
+}
 
 // hold lets the workload run for d while a fault is in place: the wait is
 // the behaviour under test.
@@ -162,11 +169,13 @@ func (r *chaosRun) nemesis() {
 	heal := func() { c.waitStable(60*time.Second, c.nodes, c.ids()...) }
 	fault := func(name string, f func()) {
 		r.t.Logf("fault: %s", name)
+		start := r.now()
 		f()
+		heal()
 		r.mu.Lock()
 		r.faults[name]++
+		r.windows = append(r.windows, faultWindow{name: name, start: start, end: r.now()})
 		r.mu.Unlock()
-		heal()
 		r.hold(time.Second)
 	}
 	fault("kill follower", func() {
@@ -389,6 +398,24 @@ func (r *chaosRun) watchLeaders() {
 	}
 }
 
+// gapIn is the longest time within w without a successful operation of ops.
+func gapIn(ops []histOp, w faultWindow) time.Duration {
+	last, gap := w.start, int64(0)
+	var done []int64
+	for _, h := range ops {
+		if !h.Output.Unknown && h.Return >= w.start && h.Return <= w.end {
+			done = append(done, h.Return)
+		}
+	}
+	sort.Slice(done, func(i, j int) bool { return done[i] < done[j] })
+	for _, d := range done {
+		gap = max(gap, d-last)
+		last = d
+	}
+	gap = max(gap, w.end-last)
+	return time.Duration(gap).Round(10 * time.Millisecond)
+}
+
 // summary is the run's table: faults, operations, verdict, availability.
 func (r *chaosRun) summary(n int, verdict porcupine.CheckResult, lost, twoLeaders int, histFile string) string {
 	var b strings.Builder
@@ -430,6 +457,10 @@ func (r *chaosRun) summary(n int, verdict porcupine.CheckResult, lost, twoLeader
 			gap = max(gap, done[i]-done[i-1])
 		}
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\n", name, ok, failed, unknown, time.Duration(gap).Round(time.Millisecond))
+	}
+	fmt.Fprintln(tw, "UNAVAILABILITY DURING FAULT\tGET\tPUT\tCAS\tCALL")
+	for _, w := range r.windows {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", w.name, gapIn(byOp["get"], w), gapIn(byOp["put"], w), gapIn(byOp["cas"], w), gapIn(byOp["call"], w))
 	}
 	fmt.Fprintf(tw, "linearizability (porcupine)\t%s\n", verdict)
 	fmt.Fprintf(tw, "acknowledged writes lost\t%d of %d\n", lost, len(r.acked))
