@@ -178,62 +178,38 @@ func (r *chaosRun) nemesis() {
 		r.mu.Unlock()
 		r.hold(time.Second)
 	}
-	fault("kill follower", func() {
-		v := c.except(leaderOf().id)[0]
-		r.setDown(true, v)
-		v.kill()
-		r.hold(2 * time.Second)
-		v.start()
-		r.setDown(false, v)
-	})
-	fault("kill leader", func() {
-		v := leaderOf()
-		r.setDown(true, v)
-		v.kill()
-		r.hold(3 * time.Second)
-		v.start()
-		r.setDown(false, v)
-	})
+	kill := func(nodes ...*node) {
+		for _, v := range nodes {
+			v.kill()
+		}
+	}
+	restart := func(nodes ...*node) {
+		for _, v := range nodes {
+			v.start()
+		}
+	}
+	fault("kill follower", func() { r.outage(2*time.Second, kill, restart, c.except(leaderOf().id)[0]) })
+	fault("kill leader", func() { r.outage(3*time.Second, kill, restart, leaderOf()) })
 	fault("kill tool holder", func() {
-		v := c.node(c.except()[0].holders(r.t, "pinned_echo", 1)[0])
-		r.setDown(true, v)
-		v.kill()
-		r.hold(3 * time.Second)
-		v.start()
-		r.setDown(false, v)
+		r.outage(3*time.Second, kill, restart, c.node(c.except()[0].holders(r.t, "pinned_echo", 1)[0]))
 	})
 	fault("pause past failure detection", func() {
-		v := c.except(leaderOf().id)[0]
-		r.setDown(true, v)
-		v.signal(syscall.SIGSTOP)
-		r.hold(7 * time.Second)
-		v.signal(syscall.SIGCONT)
-		r.setDown(false, v)
+		pause := func(nodes ...*node) { nodes[0].signal(syscall.SIGSTOP) }
+		resume := func(nodes ...*node) { nodes[0].signal(syscall.SIGCONT) }
+		r.outage(7*time.Second, pause, resume, c.except(leaderOf().id)[0])
 	})
 	fault("wipe data and rejoin", func() {
-		v := c.except(leaderOf().id)[0]
-		r.setDown(true, v)
-		v.kill()
-		if err := os.RemoveAll(v.dataDir); err != nil {
-			r.t.Fatal(err)
+		wipe := func(nodes ...*node) {
+			kill(nodes...)
+			if err := os.RemoveAll(nodes[0].dataDir); err != nil {
+				r.t.Fatal(err)
+			}
 		}
-		r.hold(time.Second)
-		v.start()
-		r.setDown(false, v)
+		r.outage(time.Second, wipe, restart, c.except(leaderOf().id)[0])
 	})
 	fault("kill majority, restart it", func() {
 		l := leaderOf()
-		victims := []*node{l}
-		victims = append(victims, c.except(l.id)[:len(c.nodes)/2]...)
-		r.setDown(true, victims...)
-		for _, v := range victims {
-			v.kill()
-		}
-		r.hold(3 * time.Second)
-		for _, v := range victims {
-			v.start()
-		}
-		r.setDown(false, victims...)
+		r.outage(3*time.Second, kill, restart, append([]*node{l}, c.except(l.id)[:len(c.nodes)/2]...)...)
 	})
 }
 
@@ -261,6 +237,16 @@ func (r *chaosRun) setDown(down bool, nodes ...*node) {
 	for _, nd := range nodes {
 		r.down[nd.id] = down
 	}
+}
+
+// outage takes nodes down with down, keeps them so for d while clients
+// avoid them, and brings them back with up.
+func (r *chaosRun) outage(d time.Duration, down, up func(...*node), nodes ...*node) {
+	r.setDown(true, nodes...)
+	down(nodes...)
+	r.hold(d)
+	up(nodes...)
+	r.setDown(false, nodes...)
 }
 
 // kvClient runs cache operations through random nodes until stopped.

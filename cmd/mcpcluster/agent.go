@@ -35,8 +35,23 @@ type Agent struct {
 }
 
 // NewAgent starts the node and its HTTP server.
-func NewAgent(cfg AgentConfig, logger *slog.Logger) (*Agent, error) {
+func NewAgent(cfg AgentConfig, logger *slog.Logger) (_ *Agent, err error) {
 	a := &Agent{cfg: cfg, logger: logger, left: make(chan struct{}), stopped: make(chan struct{})}
+	// If a step fails, undo the ones before it, in reverse order.
+	defer func() {
+		if err == nil {
+			return
+		}
+		if a.node != nil {
+			a.node.Shutdown()
+		}
+		if a.httpLn != nil {
+			a.httpLn.Close()
+		}
+		if a.tempDir != "" {
+			os.RemoveAll(a.tempDir)
+		}
+	}()
 	if cfg.Dev && cfg.DataDir == "" {
 		dir, err := os.MkdirTemp("", "mcpcluster-dev-")
 		if err != nil {
@@ -48,9 +63,6 @@ func NewAgent(cfg AgentConfig, logger *slog.Logger) (*Agent, error) {
 
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
-		if a.tempDir != "" {
-			os.RemoveAll(a.tempDir)
-		}
 		return nil, fmt.Errorf("listen on http address %s: %w", cfg.HTTPAddr, err)
 	}
 	a.httpLn = ln
@@ -82,12 +94,7 @@ func NewAgent(cfg AgentConfig, logger *slog.Logger) (*Agent, error) {
 	nc.Cache = cluster.CacheConfig{MaxEntries: cfg.CacheMaxEntries, MaxBytes: cfg.CacheMaxBytes, MaxKeyBytes: cfg.CacheMaxKey, MaxValueBytes: cfg.CacheMaxValue}
 	nc.Logger = logger
 	nc.LogLevel = level
-	a.node, err = cluster.New(nc)
-	if err != nil {
-		ln.Close()
-		if a.tempDir != "" {
-			os.RemoveAll(a.tempDir)
-		}
+	if a.node, err = cluster.New(nc); err != nil {
 		return nil, fmt.Errorf("start node: %w", err)
 	}
 
@@ -110,8 +117,6 @@ func NewAgent(cfg AgentConfig, logger *slog.Logger) (*Agent, error) {
 		a.mcp, err = mcp.New(mc)
 	}
 	if err != nil {
-		a.node.Shutdown()
-		ln.Close()
 		return nil, fmt.Errorf("start mcp server: %w", err)
 	}
 	a.node.ServeInternal(a.mcp.InternalHandler())
