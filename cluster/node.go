@@ -48,7 +48,8 @@ type Node struct {
 	pool      *rpcPool
 	members   *membership.Membership
 
-	internal *http.Server // internal HTTP on the cluster port, once ServeInternal was called
+	internal        *http.Server // internal HTTP on the cluster port
+	internalHandler atomic.Value // http.Handler set by ServeInternal
 
 	// unreachable holds nodes the leader confirmed refusing connections,
 	// left out of placement until a dial succeeds again.
@@ -153,6 +154,7 @@ func New(cfg Config) (_ *Node, err error) {
 	n.mux = newMux(ln, advAddr, n.logger, serveRPC(srv))
 	n.pool = newRPCPool(2 * time.Second)
 	n.goFunc(n.mux.serve)
+	n.serveInternalHTTP()
 
 	n.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  raftLayer{m: n.mux},
@@ -252,12 +254,26 @@ func resolveNodeID(dataDir, configured string) (string, error) {
 	return id, nil
 }
 
-// ServeInternal serves h as HTTP on the cluster port, for node-to-node
-// requests that are not raft or RPC (forwarded tool calls). Call it once,
-// right after New; requests before it are held until it is called.
-func (n *Node) ServeInternal(h http.Handler) {
+// pingPath answers on the cluster port's HTTP while the process runs: the
+// leader's check that a node is alive (a paused process still accepts TCP
+// connections, but does not answer).
+const pingPath = "/v1/internal/ping"
+
+// serveInternalHTTP starts the cluster port's HTTP server: the ping, and
+// whatever ServeInternal adds.
+func (n *Node) serveInternalHTTP() {
 	n.internal = &http.Server{
-		Handler:           h,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == pingPath {
+				w.WriteHeader(http.StatusOK)
+				return
+			}
+			if h, ok := n.internalHandler.Load().(http.Handler); ok {
+				h.ServeHTTP(w, r)
+				return
+			}
+			http.NotFound(w, r)
+		}),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       5 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(n.logger.Handler(), slog.LevelDebug),
@@ -269,6 +285,10 @@ func (n *Node) ServeInternal(h http.Handler) {
 		}
 	})
 }
+
+// ServeInternal serves h as HTTP on the cluster port, for node-to-node
+// requests that are not raft or RPC (forwarded tool calls).
+func (n *Node) ServeInternal(h http.Handler) { n.internalHandler.Store(h) }
 
 // ID returns the node's stable id.
 func (n *Node) ID() string { return n.id }
@@ -571,13 +591,18 @@ func (n *Node) isUnreachable(id, rpcAddr string) bool {
 	return true
 }
 
+// probeClient pings nodes; no connection reuse, so a dead peer is not
+// mistaken for a pooled connection's stale state.
+var probeClient = &http.Client{Timeout: probeTimeout, Transport: &http.Transport{DisableKeepAlives: true}}
+
+// reachable reports whether the node at addr answers its ping in time.
 func reachable(addr string) bool {
-	conn, err := net.DialTimeout("tcp", addr, probeTimeout)
+	resp, err := probeClient.Get("http://" + addr + pingPath)
 	if err != nil {
 		return false
 	}
-	conn.Close()
-	return true
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
 }
 
 // Leave removes the node from the cluster gracefully: it hands leadership

@@ -19,10 +19,18 @@ import (
 // drain moves only what it held.
 func (r *reconciler) place(ctx context.Context) error {
 	n := r.n
+	// A new holder must be running; a current holder keeps its providers
+	// while it is alive, not stopping and answers (a status still reading
+	// "starting" may just be gossip not caught up, e.g. on a new leader).
 	members := n.members.Members()
 	eligible := make(map[string]membership.Member, len(members))
+	keep := make(map[string]membership.Member, len(members))
 	for _, m := range members {
-		if m.State == membership.StateAlive && m.Status == membership.StatusRunning && !n.isUnreachable(m.ID, m.RPCAddr) {
+		if m.State != membership.StateAlive || m.Status == membership.StatusStopping || n.isUnreachable(m.ID, m.RPCAddr) {
+			continue
+		}
+		keep[m.ID] = m
+		if m.Status == membership.StatusRunning {
 			eligible[m.ID] = m
 		}
 	}
@@ -37,7 +45,7 @@ func (r *reconciler) place(ctx context.Context) error {
 		}
 	}
 	for _, p := range n.fsm.Providers() {
-		want := chooseHolders(p, current[p.Name], eligible, held, overloaded)
+		want := chooseHolders(p, current[p.Name], eligible, keep, held, overloaded)
 		if slices.Equal(want, current[p.Name]) {
 			continue
 		}
@@ -82,14 +90,16 @@ func (r *reconciler) overloaded(eligible map[string]membership.Member, now time.
 }
 
 // chooseHolders returns the holders provider p should have, given its
-// current holders, the nodes eligible to hold anything, how many providers
-// each node holds, and which nodes stay overloaded. A replicas:N provider
-// leaves one overloaded holder per pass, when a capable node under half
-// load can take its place.
-func chooseHolders(p fsm.Provider, current []string, eligible map[string]membership.Member, held map[string]int, overloaded map[string]bool) []string {
-	var capable []string
+// current holders, the nodes eligible to take a provider, those that may
+// keep one they hold, how many providers each node holds, and which nodes
+// stay overloaded. A replicas:N provider leaves one overloaded holder per
+// pass, when a capable node under half load can take its place.
+func chooseHolders(p fsm.Provider, current []string, eligible, keep map[string]membership.Member, held map[string]int, overloaded map[string]bool) []string {
+	var capable []string // may take it now
 	for _, id := range p.Nodes {
-		if _, ok := eligible[id]; ok {
+		_, isNew := eligible[id]
+		_, kept := keep[id]
+		if isNew || (kept && slices.Contains(current, id)) {
 			capable = append(capable, id)
 		}
 	}
@@ -98,7 +108,7 @@ func chooseHolders(p fsm.Provider, current []string, eligible map[string]members
 	}
 	relief := ""
 	for _, id := range capable {
-		if !slices.Contains(current, id) && !overloaded[id] && loadOf(eligible[id]) < 50 {
+		if !slices.Contains(current, id) && !overloaded[id] && loadOf(keep[id]) < 50 {
 			relief = id
 			break
 		}
@@ -120,7 +130,7 @@ func chooseHolders(p fsm.Provider, current []string, eligible map[string]members
 		}
 	}
 	sort.SliceStable(free, func(i, j int) bool {
-		a, b := eligible[free[i]], eligible[free[j]]
+		a, b := keep[free[i]], keep[free[j]]
 		if la, lb := loadOf(a), loadOf(b); la != lb {
 			return la < lb
 		}

@@ -41,7 +41,7 @@ func TestChooseHolders(t *testing.T) {
 			if held == nil {
 				held = map[string]int{}
 			}
-			if got := chooseHolders(tc.p, tc.current, eligible, held, nil); !slices.Equal(got, tc.want) {
+			if got := chooseHolders(tc.p, tc.current, eligible, eligible, held, nil); !slices.Equal(got, tc.want) {
 				t.Fatalf("got %v, want %v", got, tc.want)
 			}
 		})
@@ -54,12 +54,12 @@ func TestPlacementLeavesOverloadedHolder(t *testing.T) {
 	}
 	eligible := map[string]membership.Member{"a": m("a", 100), "b": m("b", 10), "c": m("c", 0), "d": m("d", 80)}
 	p := fsm.Provider{Replicas: 2, Nodes: []string{"a", "b", "c", "d"}}
-	if got := chooseHolders(p, []string{"a", "b"}, eligible, map[string]int{}, map[string]bool{"a": true}); !slices.Equal(got, []string{"b", "c"}) {
+	if got := chooseHolders(p, []string{"a", "b"}, eligible, eligible, map[string]int{}, map[string]bool{"a": true}); !slices.Equal(got, []string{"b", "c"}) {
 		t.Fatalf("overloaded holder a: got %v, want [b c]", got)
 	}
 	// Nobody under half load to take over: the holders stay.
 	busy := map[string]membership.Member{"a": m("a", 100), "b": m("b", 10), "d": m("d", 80)}
-	if got := chooseHolders(p, []string{"a", "b"}, busy, map[string]int{}, map[string]bool{"a": true}); !slices.Equal(got, []string{"a", "b"}) {
+	if got := chooseHolders(p, []string{"a", "b"}, busy, busy, map[string]int{}, map[string]bool{"a": true}); !slices.Equal(got, []string{"a", "b"}) {
 		t.Fatalf("no relief: got %v, want [a b]", got)
 	}
 
@@ -74,5 +74,24 @@ func TestPlacementLeavesOverloadedHolder(t *testing.T) {
 	eligible["a"] = m("a", 50)
 	if got := r.overloaded(eligible, now.Add(2*overloadGrace)); len(got) != 0 {
 		t.Fatalf("after the load dropped: %v", got)
+	}
+}
+
+func TestPlacementKeepsHolderWhoseStatusLags(t *testing.T) {
+	m := func(id string) membership.Member {
+		return membership.Member{Meta: membership.Meta{ID: id, Capacity: 100}}
+	}
+	eligible := map[string]membership.Member{"b": m("b"), "c": m("c")}          // running
+	keep := map[string]membership.Member{"a": m("a"), "b": m("b"), "c": m("c")} // a: alive, status "starting" in this view
+	one := fsm.Provider{Replicas: 1, Nodes: []string{"a", "b", "c"}}
+	if got := chooseHolders(one, []string{"a"}, eligible, keep, map[string]int{}, nil); !slices.Equal(got, []string{"a"}) {
+		t.Fatalf("replicas:1 held by a: got %v, want [a] kept", got)
+	}
+	if got := chooseHolders(one, nil, eligible, keep, map[string]int{}, nil); slices.Contains(got, "a") {
+		t.Fatalf("a new holder must be running: got %v", got)
+	}
+	all := fsm.Provider{Nodes: []string{"a", "b", "c"}}
+	if got := chooseHolders(all, []string{"a", "b"}, eligible, keep, map[string]int{}, nil); !slices.Equal(got, []string{"a", "b", "c"}) {
+		t.Fatalf("everywhere: got %v, want [a b c]", got)
 	}
 }

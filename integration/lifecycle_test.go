@@ -430,3 +430,43 @@ func TestSecondSignalStopsAtOnce(t *testing.T) {
 	}
 	t.Logf("stopped %s after the second signal", time.Since(start).Round(time.Millisecond))
 }
+
+// A paused holder (SIGSTOP: it still accepts connections, never answers)
+// is noticed by the calls it holds up, checked by the leader with a ping
+// and relieved of its providers; calls of a read-only tool waiting on it go
+// to the new holder. With the lan gossip profile, gossip alone would take
+// longer than the bound checked here.
+func TestPausedHolderReplaced(t *testing.T) {
+	c := newProviderCluster(t, 3, pinnedProvider, "--gossip-profile", "lan")
+	holder := c.node(c.nodes[0].holders(t, "pinned_echo", 1)[0])
+	waitFor(t, 30*time.Second, func() error { // the holder must not lead: a paused leader is another test
+		st, err := holder.status()
+		if err != nil {
+			return err
+		}
+		if st.Leader.ID != holder.id {
+			return nil
+		}
+		code, body, err := holder.do(context.Background(), http.MethodPost, "/v1/agent/transfer-leadership", "")
+		return fmt.Errorf("holder leads; transfer: %d %s %v", code, body, err)
+	})
+	calls := startSteadyCalls(t, c.except(holder.id), "pinned_echo", map[string]any{"text": "x"}, 4)
+	calls.waitCalls(t, 40)
+	holder.signal(syscall.SIGSTOP)
+	t.Cleanup(func() { holder.signal(syscall.SIGCONT) })
+	paused := time.Now()
+	before := calls.ok.Load()
+	calls.waitCalls(t, 40)
+	recovered := time.Since(paused)
+	calls.finish()
+	if n := calls.failed.Load(); n != 0 {
+		t.Fatalf("%d calls failed while the holder was paused: %v", n, calls.errs)
+	}
+	if recovered > 4*time.Second {
+		t.Fatalf("calls took %s to flow again after the holder paused", recovered)
+	}
+	calls.mu.Lock()
+	ranOn := fmt.Sprint(calls.ranOn)
+	calls.mu.Unlock()
+	t.Logf("holder %s paused: 40 more calls done %s later (%d before), none failed; ran on %s", holder.id, recovered.Round(time.Millisecond), before, ranOn)
+}

@@ -36,6 +36,10 @@ func (r *router) outstanding(id string, delta int) {
 	r.mu.Unlock()
 }
 
+// slowHolder is how long a forwarded call may run before the holder is
+// reported for a liveness check.
+const slowHolder = time.Second
+
 // reportInterval limits how often this node reports one holder unreachable.
 const reportInterval = 250 * time.Millisecond
 
@@ -176,13 +180,18 @@ func (r *router) route(ctx context.Context, params mcplib.CallToolParams) (*mcpl
 		m := candidates[0]
 		setWhere(ctx, "forwarded")
 		r.outstanding(m.ID, 1)
-		res, err := s.fwd.call(ctx, m.RPCAddr, params)
+		res, err := r.attempt(ctx, m, ct.Provider, params, repeatable)
 		r.outstanding(m.ID, -1)
 		if err == nil {
 			return res, nil
 		}
 		lastErr = err
 		var se *sendError
+		if errors.Is(err, context.DeadlineExceeded) {
+			// The holder took the call and never answered: perhaps paused
+			// or wedged. The leader checks, and moves its providers if so.
+			r.reportUnreachable(m.ID)
+		}
 		switch {
 		case ctx.Err() != nil:
 			return nil, err
@@ -199,6 +208,39 @@ func (r *router) route(ctx context.Context, params mcplib.CallToolParams) (*mcpl
 			return nil, err
 		}
 	}
+}
+
+// attempt forwards the call to holder m. If the holder takes long it may be
+// paused or wedged: it is reported so the leader checks it (a live one
+// answers its ping and nothing changes); and a call that is safe to repeat
+// is abandoned, to go elsewhere, once the leader moves the provider away.
+func (r *router) attempt(ctx context.Context, m membership.Member, provider string, params mcplib.CallToolParams, repeatable bool) (*mcplib.CallToolResult, error) {
+	actx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan struct{})
+	slow := time.AfterFunc(slowHolder, func() {
+		r.reportUnreachable(m.ID)
+		if !repeatable {
+			return
+		}
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				if a, ok := r.s.cfg.Cluster.FSM().Assignment(provider); ok && !containsString(a.Holders, m.ID) {
+					cancel()
+					return
+				}
+			}
+		}
+	})
+	res, err := r.s.fwd.call(actx, m.RPCAddr, params)
+	close(done)
+	slow.Stop()
+	return res, err
 }
 
 // holders returns the provider's live holders other than this node, minus
