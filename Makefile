@@ -27,10 +27,11 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzDecode$$' -fuzztime=$(FUZZTIME) ./fsm/
 	$(GO) test -run='^$$' -fuzz='^FuzzRestore$$' -fuzztime=$(FUZZTIME) ./fsm/
 
-## lint: formatting and vet
+## lint: formatting, vet and staticcheck
 lint:
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 
 ## bench: the standard benchmark on a local 3-node cluster it starts; writes
 ## docs/benchmarks.md, docs/benchmarks.png and docs/benchmarks.json

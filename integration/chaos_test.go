@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -297,8 +296,6 @@ func (r *chaosRun) kvClient(id int) {
 		r.mu.Unlock()
 	}
 }
-
-var errConflict = errors.New("cas conflict")
 
 // kvDo runs one cache operation through nd.
 func kvDo(cl *http.Client, nd *node, in kvInput) (kvOutput, error) {
