@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/anishathalye/porcupine"
+	"github.com/mark3labs/mcp-go/client"
 )
 
 var (
@@ -91,9 +92,20 @@ func runChaos(t *testing.T, n, rounds int) {
 		r.wg.Add(1)
 		go r.kvClient(w)
 	}
+	// Real MCP clients, one per node per worker, made while every node is
+	// up: half keep 2025-11-25 sessions (which must survive the nodes
+	// restarting), half speak 2026-07-28.
 	for w := range 4 {
+		version := legacy
+		if w%2 == 1 {
+			version = modern
+		}
+		clients := map[string]*client.Client{}
+		for _, nd := range c.nodes {
+			clients[nd.id] = mcpgoClient(t, nd.mcpURL(), version)
+		}
 		r.wg.Add(1)
-		go r.callClient(100 + w)
+		go r.callClient(100+w, clients)
 	}
 	r.hold(2 * time.Second)
 	for round := range rounds {
@@ -328,11 +340,11 @@ func kvDo(cl *http.Client, nd *node, in kvInput) (kvOutput, error) {
 	return kvOutput{}, fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(b)))
 }
 
-// callClient calls the replicas-1 tool through random nodes until stopped.
-func (r *chaosRun) callClient(id int) {
+// callClient calls the replicas-1 tool through random live nodes with its
+// MCP clients until stopped.
+func (r *chaosRun) callClient(id int, clients map[string]*client.Client) {
 	defer r.wg.Done()
 	rng := rand.New(rand.NewPCG(uint64(id), 7))
-	cl := &http.Client{Timeout: 10 * time.Second}
 	for i := 0; ; i++ {
 		select {
 		case <-r.stop:
@@ -342,12 +354,12 @@ func (r *chaosRun) callClient(id int) {
 		nd := r.pick(rng)
 		h := histOp{Client: id, Input: kvInput{Op: "call", Key: "pinned_echo"}, Call: r.now(), Node: nd.id}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		code, _, body, err := postCall(ctx, cl, nd, "pinned_echo", map[string]any{"text": "x"})
+		text, _, err := callTool(ctx, clients[nd.id], "pinned_echo", map[string]any{"text": "x"})
 		cancel()
 		h.Return = r.now()
-		if err != nil || code != 200 || !strings.Contains(body, `"text":"x"`) {
+		if err != nil || text != "x" {
 			h.Output.Unknown = true
-			h.Error = fmt.Sprintf("%d %v %.100s", code, err, body)
+			h.Error = fmt.Sprintf("%q %v", text, err)
 		}
 		r.mu.Lock()
 		r.calls = append(r.calls, h)
