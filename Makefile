@@ -16,11 +16,13 @@ run: build
 	./$(BIN) local
 
 ## test: vet, every test with the race detector (integration tests run real
-## processes of the binary built here), then the decoder fuzz targets
+## processes of the binary built here), the decoder fuzz targets, and a
+## short chaos run
 test: build
 	$(GO) vet ./...
 	MCPCLUSTER_BIN=$(abspath $(BIN)) $(GO) test -race -count=1 -timeout 30m ./...
 	$(MAKE) fuzz
+	$(MAKE) chaos-short
 
 ## fuzz: run each fuzz target for FUZZTIME
 fuzz:
