@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -268,4 +269,33 @@ func TestNodeIDPersisted(t *testing.T) {
 	if _, err := resolveNodeID(dir, "other"); err == nil {
 		t.Fatal("data dir of one node accepted for another id")
 	}
+}
+
+func TestTransferLeadershipTo(t *testing.T) {
+	nodes := newTestCluster(t, 3)
+	leader := waitStable(t, nodes, 3)
+	var follower *Node
+	for _, nd := range nodes {
+		if nd != leader {
+			follower = nd
+		}
+	}
+	if err := leader.TransferLeadershipTo("nope"); err == nil || !strings.Contains(err.Error(), `no voter "nope"`) {
+		t.Fatalf("transfer to an unknown node: %v", err)
+	}
+	if err := follower.TransferLeadershipTo(leader.ID()); err == nil || !strings.Contains(err.Error(), "does not lead") {
+		t.Fatalf("transfer asked of a follower: %v", err)
+	}
+	if err := follower.TransferLeadership(); err != nil {
+		t.Fatalf("a follower with no target has nothing to do: %v", err)
+	}
+	if err := leader.TransferLeadershipTo(follower.ID()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, func() error {
+		if id, _ := leader.Leader(); id != follower.ID() {
+			return fmt.Errorf("leader is %q", id)
+		}
+		return nil
+	})
 }

@@ -300,9 +300,6 @@ func (n *Node) FSM() *fsm.FSM { return n.fsm }
 // Members returns the gossip view of the cluster.
 func (n *Node) Members() []membership.Member { return n.members.Members() }
 
-// Membership returns the node's gossip layer.
-func (n *Node) Membership() *membership.Membership { return n.members }
-
 // RPCAddr returns the advertised cluster address.
 func (n *Node) RPCAddr() string { return n.cfg.RPCAdvertiseAddr }
 
@@ -343,13 +340,12 @@ func (n *Node) TransferLeadershipTo(id string) error {
 		}
 		return nil
 	}
-	f := n.raft.LeadershipTransfer()
+	var addr raft.ServerAddress
 	if id != "" {
 		servers, err := n.Servers()
 		if err != nil {
 			return err
 		}
-		var addr raft.ServerAddress
 		for _, s := range servers {
 			if string(s.ID) == id {
 				addr = s.Address
@@ -358,12 +354,31 @@ func (n *Node) TransferLeadershipTo(id string) error {
 		if addr == "" {
 			return fmt.Errorf("no voter %q", id)
 		}
-		f = n.raft.LeadershipTransferToServer(raft.ServerID(id), addr)
 	}
-	if err := f.Error(); err != nil {
-		return fmt.Errorf("transfer leadership: %w", err)
+	// raft hands the request to its leader loop without waiting and
+	// answers ErrEnqueueTimeout when the loop is busy at that instant:
+	// try again for a little while.
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		var f raft.Future
+		if id == "" {
+			f = n.raft.LeadershipTransfer()
+		} else {
+			f = n.raft.LeadershipTransferToServer(raft.ServerID(id), addr)
+		}
+		err := f.Error()
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, raft.ErrEnqueueTimeout) || time.Now().After(deadline) {
+			return fmt.Errorf("transfer leadership: %w", err)
+		}
+		select {
+		case <-n.shutdownCh:
+			return ErrShutdown
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
-	return nil
 }
 
 // LeaderChanges is how many times this node saw the leader change.
@@ -622,7 +637,7 @@ func (n *Node) Leave(ctx context.Context) error {
 		}
 	}
 	if n.IsLeader() && others > 0 {
-		if err := n.raft.LeadershipTransfer().Error(); err != nil {
+		if err := n.TransferLeadership(); err != nil {
 			n.logger.Warn("leadership transfer failed; removing self as leader", "error", err)
 			if err := n.raft.RemoveServer(raft.ServerID(n.id), 0, 0).Error(); err != nil {
 				return fmt.Errorf("remove self from raft: %w", err)
