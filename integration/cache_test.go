@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mcpcluster/mcpcluster/cluster"
 )
 
 // getInfo reads key through n and returns status, body and the level that answered.
@@ -123,18 +125,7 @@ func TestCacheTTL(t *testing.T) {
 			}
 		}
 	}
-	waitFor(t, 15*time.Second, func() error {
-		for _, nd := range c.nodes {
-			st, err := nd.status()
-			if err != nil {
-				return err
-			}
-			if st.FSM.CacheEntries != 0 {
-				return fmt.Errorf("%s still holds %d entries", nd.id, st.FSM.CacheEntries)
-			}
-		}
-		return nil
-	})
+	c.waitDrained(15*time.Second, "cache entries", func(st cluster.Status) int { return st.FSM.CacheEntries })
 	c.waitSameState(10*time.Second, c.nodes)
 	if c.nodes[0].hash(t) == before {
 		t.Fatal("state hash unchanged: the write and its expiry left no trace")

@@ -476,6 +476,35 @@ func voters(st cluster.Status) []string {
 	return v
 }
 
+// waitDrained waits until count is 0 on every node's status, e.g. the
+// sessions or cache entries of its replica.
+func (c *testCluster) waitDrained(timeout time.Duration, what string, count func(cluster.Status) int) {
+	c.t.Helper()
+	waitFor(c.t, timeout, func() error {
+		for _, nd := range c.nodes {
+			st, err := nd.status()
+			if err != nil {
+				return err
+			}
+			if n := count(st); n != 0 {
+				return fmt.Errorf("%s still holds %d %s", nd.id, n, what)
+			}
+		}
+		return nil
+	})
+}
+
+// waitLog waits until n's log has a line containing text.
+func (n *node) waitLog(timeout time.Duration, text string) {
+	n.t.Helper()
+	waitFor(n.t, timeout, func() error {
+		if !strings.Contains(n.log(), text) {
+			return fmt.Errorf("%s has not logged %q", n.id, text)
+		}
+		return nil
+	})
+}
+
 // runCLI runs the mcpcluster binary with args and returns its exit code and output.
 func runCLI(t testing.TB, args ...string) (int, string, string) {
 	t.Helper()

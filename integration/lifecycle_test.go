@@ -351,12 +351,7 @@ func TestCallTimeout(t *testing.T) {
 	if d := time.Since(start); d > 3*time.Second {
 		t.Fatalf("forwarded timeout answered after %s", d)
 	}
-	waitFor(t, 5*time.Second, func() error {
-		if !strings.Contains(holder.log(), "sleep cancelled") {
-			return fmt.Errorf("holder %s did not see the call cancelled", holder.id)
-		}
-		return nil
-	})
+	holder.waitLog(5*time.Second, "sleep cancelled") // the holder saw the call cancelled
 }
 
 // Acceptance 5.4: of two holders, one slow, a steady stream of calls

@@ -17,6 +17,7 @@ import (
 
 	"github.com/mark3labs/mcp-go/client/transport"
 	mcplib "github.com/mark3labs/mcp-go/mcp"
+	"github.com/mcpcluster/mcpcluster/cluster"
 )
 
 const pinnedProvider = `
@@ -392,12 +393,7 @@ func TestProgressAndCancelAcrossHop(t *testing.T) {
 	if _, err := cl.CallTool(short, req); err == nil {
 		t.Fatal("a 20 s sleep returned within 300 ms")
 	}
-	waitFor(t, 5*time.Second, func() error {
-		if !strings.Contains(holder.log(), "sleep cancelled") {
-			return fmt.Errorf("holder %s has not seen the cancellation", holder.id)
-		}
-		return nil
-	})
+	holder.waitLog(5*time.Second, "sleep cancelled") // the holder saw the cancellation
 }
 
 // Idle sessions expire on every node; with auth on, a session answers
@@ -445,18 +441,7 @@ func TestSessionExpiryAndOwnership(t *testing.T) {
 	}
 	// Unused for longer than the idle TTL (watched without using it): gone
 	// from every node's replica, and answered 404 everywhere.
-	waitFor(t, 15*time.Second, func() error {
-		for _, nd := range c.nodes {
-			st, err := nd.status()
-			if err != nil {
-				return err
-			}
-			if st.FSM.Sessions != 0 {
-				return fmt.Errorf("%s still holds %d sessions", nd.id, st.FSM.Sessions)
-			}
-		}
-		return nil
-	})
+	c.waitDrained(15*time.Second, "sessions", func(st cluster.Status) int { return st.FSM.Sessions })
 	for _, nd := range c.nodes {
 		if code := post(nd, alice, sid); code != http.StatusNotFound {
 			t.Fatalf("%s answers the expired session: %d", nd.id, code)
