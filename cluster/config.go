@@ -36,8 +36,20 @@ type Config struct {
 
 	// GossipProfile is "lan" (default) or "local" (faster failure detection on loopback).
 	GossipProfile string
-	// GossipKey optionally encrypts gossip (16, 24 or 32 bytes).
+	// GossipKey optionally encrypts gossip (16, 24 or 32 bytes). A keyring
+	// persisted in DataDir by an earlier rotation takes precedence.
 	GossipKey []byte
+
+	// TLSCAFile, TLSCertFile and TLSKeyFile turn on mutual TLS on the
+	// cluster port (all three or none): every connection, in and out, is
+	// TLS 1.3 with a certificate of the cluster CA naming the node's id.
+	// Changed files are picked up without a restart.
+	TLSCAFile   string
+	TLSCertFile string
+	TLSKeyFile  string
+	// MaxConnsPerIP bounds the open connections one remote IP may hold on
+	// the cluster port; 0 means no limit.
+	MaxConnsPerIP int
 
 	// DeadServerTimeout is how long a failed server stays in the raft
 	// configuration before the leader removes it (never below quorum).
@@ -78,6 +90,10 @@ type Config struct {
 	LogLevel slog.Level
 }
 
+// DefaultMaxConnsPerIP is the default bound on cluster-port connections
+// from one IP address.
+const DefaultMaxConnsPerIP = 512
+
 // DefaultConfig returns production defaults; addresses and DataDir must still be set.
 func DefaultConfig() Config {
 	return Config{
@@ -95,6 +111,7 @@ func DefaultConfig() Config {
 		ApplyTimeout:           10 * time.Second,
 		Cache:                  DefaultCacheConfig(),
 		LogLevel:               slog.LevelInfo,
+		MaxConnsPerIP:          DefaultMaxConnsPerIP,
 	}
 }
 
