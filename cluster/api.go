@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/mcpcluster/mcpcluster/fsm"
@@ -84,16 +85,23 @@ type APIConfig struct {
 	OnLeave func()
 	// Ready, if set, must also return nil for the node to be ready (the
 	// MCP front door's catalog is in sync).
-	Ready  func() error
+	Ready func() error
+	// Tokens, if not empty, guard every /v1/ endpoint: a request needs
+	// "Authorization: Bearer <token>" with a token of the endpoint's level
+	// (401 without a known token, 403 with a read token on a write
+	// endpoint). Nil or empty leaves the API open (loopback experiments).
+	// /healthz and /readyz are always open.
+	Tokens *Tokens
 	Logger *slog.Logger
 }
 
 // DefaultAPIConfig returns the API defaults.
 func DefaultAPIConfig() APIConfig { return APIConfig{} }
 
-// API serves the node's admin endpoints: /healthz, /readyz, /v1/status,
-// /v1/fsm/hash, /v1/catalog, /v1/cache (list), /v1/cache/{key},
-// /v1/agent/leave and /v1/agent/snapshot.
+// API serves the node's admin endpoints: /healthz and /readyz (open), the
+// reads /v1/status, /v1/fsm/hash, /v1/catalog, /v1/cache (list) and
+// /v1/cache/{key}, and the writes PUT and DELETE /v1/cache/{key},
+// /v1/agent/leave, /v1/agent/snapshot and /v1/agent/transfer-leadership.
 type API struct {
 	n   *Node
 	cfg APIConfig
@@ -106,19 +114,38 @@ func NewAPI(n *Node, cfg APIConfig) *API {
 		cfg.Logger = n.logger
 	}
 	a := &API{n: n, cfg: cfg, mux: http.NewServeMux()}
+	// Probes stay open: load balancers and orchestrators hold no token.
 	a.mux.HandleFunc("GET /healthz", a.healthz)
 	a.mux.HandleFunc("GET /readyz", a.readyz)
-	a.mux.HandleFunc("GET /v1/status", a.status)
-	a.mux.HandleFunc("GET /v1/fsm/hash", a.hash)
-	a.mux.HandleFunc("GET /v1/catalog", a.catalog)
-	a.mux.HandleFunc("GET /v1/cache", a.cacheList)
-	a.mux.HandleFunc("GET /v1/cache/{key...}", a.cacheGet)
-	a.mux.HandleFunc("PUT /v1/cache/{key...}", a.cacheSet)
-	a.mux.HandleFunc("DELETE /v1/cache/{key...}", a.cacheDelete)
-	a.mux.HandleFunc("POST /v1/agent/leave", a.leave)
-	a.mux.HandleFunc("POST /v1/agent/snapshot", a.snapshot)
-	a.mux.HandleFunc("POST /v1/agent/transfer-leadership", a.transferLeadership)
+
+	a.handle("GET /v1/status", AccessRead, a.status)
+	a.handle("GET /v1/fsm/hash", AccessRead, a.hash)
+	a.handle("GET /v1/catalog", AccessRead, a.catalog)
+	a.handle("GET /v1/cache", AccessRead, a.cacheList)
+	a.handle("GET /v1/cache/{key...}", AccessRead, a.cacheGet)
+
+	a.handle("PUT /v1/cache/{key...}", AccessWrite, a.cacheSet)
+	a.handle("DELETE /v1/cache/{key...}", AccessWrite, a.cacheDelete)
+	a.handle("POST /v1/agent/leave", AccessWrite, a.leave)
+	a.handle("POST /v1/agent/snapshot", AccessWrite, a.snapshot)
+	a.handle("POST /v1/agent/transfer-leadership", AccessWrite, a.transferLeadership)
 	return a
+}
+
+// Handle registers an admin endpoint under pattern (an http.ServeMux
+// pattern with a method, under /v1/) that needs a token of level when the
+// API has tokens. Every /v1/ endpoint goes through here, so none can be
+// added without a level.
+func (a *API) Handle(pattern string, level AccessLevel, h http.Handler) {
+	method, path, ok := strings.Cut(pattern, " ")
+	if !ok || method == "" || !strings.HasPrefix(strings.TrimSpace(path), "/v1/") {
+		panic(fmt.Sprintf("cluster: admin route %q needs a method and a /v1/ path", pattern))
+	}
+	a.mux.Handle(pattern, a.Protect(level, h))
+}
+
+func (a *API) handle(pattern string, level AccessLevel, h http.HandlerFunc) {
+	a.Handle(pattern, level, h)
 }
 
 func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.mux.ServeHTTP(w, r) }
