@@ -34,13 +34,13 @@ func TestParseTokenFile(t *testing.T) {
 	}
 
 	bad := map[string]string{
-		"":                                            "no tokens",
-		"# only a comment\n\n":                        "no tokens",
-		"short":                                       "line 1: token is shorter than 16",
-		"\n\nadmin " + writeTok:                       `line 3: access level "admin" is not read or write`,
-		"read " + readTok + " extra":                  "line 1: want <token> or <level> <token>, got 3 fields",
-		writeTok + "\nread " + writeTok:               "line 2: token is already configured",
-		"read " + "tok\x01en-0123456789abcdef":        "line 1: token has a character other than printable ASCII",
+		"":                                     "no tokens",
+		"# only a comment\n\n":                 "no tokens",
+		"short":                                "line 1: token is shorter than 16",
+		"\n\nadmin " + writeTok:                `line 3: access level "admin" is not read or write`,
+		"read " + readTok + " extra":           "line 1: want <token> or <level> <token>, got 3 fields",
+		writeTok + "\nread " + writeTok:        "line 2: token is already configured",
+		"read " + "tok\x01en-0123456789abcdef": "line 1: token has a character other than printable ASCII",
 		readTok + "\n# fine\nwrite 0123456789abcde\n": "line 3: token is shorter than 16",
 	}
 	for in, want := range bad {

@@ -52,6 +52,9 @@ func NewAgent(cfg AgentConfig, logger *slog.Logger) (_ *Agent, err error) {
 			os.RemoveAll(a.tempDir)
 		}
 	}()
+	if where, missing := a.cfg.insecurity(); where != "" {
+		logger.Warn("running on a non-loopback address without "+missing+" (--insecure)", "address", where)
+	}
 	if cfg.Dev && cfg.DataDir == "" {
 		dir, err := os.MkdirTemp("", "mcpcluster-dev-")
 		if err != nil {
@@ -91,6 +94,11 @@ func NewAgent(cfg AgentConfig, logger *slog.Logger) (_ *Agent, err error) {
 	nc.SnapshotThreshold = cfg.SnapshotEvery
 	nc.SessionIdleTTL = cfg.SessionIdleTTL
 	nc.Capacity = cfg.MaxConcurrent
+	nc.TLSCAFile = cfg.TLSCAFile
+	nc.TLSCertFile = cfg.TLSCertFile
+	nc.TLSKeyFile = cfg.TLSKeyFile
+	nc.GossipKey = a.cfg.gossipKey()
+	nc.MaxConnsPerIP = cfg.RPCMaxConnsPerIP
 	nc.Cache = cluster.CacheConfig{MaxEntries: cfg.CacheMaxEntries, MaxBytes: cfg.CacheMaxBytes, MaxKeyBytes: cfg.CacheMaxKey, MaxValueBytes: cfg.CacheMaxValue}
 	nc.Logger = logger
 	nc.LogLevel = level
@@ -126,16 +134,21 @@ func NewAgent(cfg AgentConfig, logger *slog.Logger) (_ *Agent, err error) {
 	apiCfg.OnLeave = func() { a.leaveOnce.Do(func() { close(a.left) }) }
 	apiCfg.Logger = logger
 	apiCfg.Ready = a.mcp.ReadyErr
+	apiCfg.Tokens = cfg.AdminTokens
+	api := cluster.NewAPI(a.node, apiCfg)
 	mux := http.NewServeMux()
 	mux.Handle("/mcp", a.mcp.Handler())
 	mux.Handle("GET /metrics", met.handler())
 	if cfg.EnableDebug {
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		// Profiles are an operator's: a write token when the API has tokens.
+		for path, h := range map[string]http.HandlerFunc{
+			"/debug/pprof/": pprof.Index, "/debug/pprof/profile": pprof.Profile,
+			"/debug/pprof/symbol": pprof.Symbol, "/debug/pprof/trace": pprof.Trace,
+		} {
+			mux.Handle(path, api.Protect(cluster.AccessWrite, h))
+		}
 	}
-	mux.Handle("/", cluster.NewAPI(a.node, apiCfg))
+	mux.Handle("/", api)
 	a.httpSrv = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -158,7 +171,8 @@ func NewAgent(cfg AgentConfig, logger *slog.Logger) (_ *Agent, err error) {
 			logger.Warn("gossip status update failed", "error", err)
 		}
 	}()
-	logger.Info("agent running", "node", a.node.ID(), "http", httpAdvertise, "rpc", a.node.RPCAddr(), "gossip", a.node.GossipAddr())
+	logger.Info("agent running", "node", a.node.ID(), "http", httpAdvertise, "rpc", a.node.RPCAddr(), "gossip", a.node.GossipAddr(),
+		"admin_tokens", cfg.AdminTokens.Len())
 	return a, nil
 }
 

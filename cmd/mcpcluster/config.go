@@ -2,18 +2,23 @@ package main
 
 import (
 	"bytes"
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/mcpcluster/mcpcluster/cluster"
 )
 
 // AgentConfig is everything `mcpcluster agent` can be told, from (lowest to
@@ -61,6 +66,44 @@ type AgentConfig struct {
 	// Providers are the tool sources this node can run (config file only).
 	// The built-in tools are always there, as provider "builtin".
 	Providers []ProviderConfig `yaml:"providers"`
+
+	// AdminTokenFile names the admin API's token file (see
+	// cluster.ParseTokenFile); read while the configuration is parsed.
+	AdminTokenFile string `yaml:"admin_token_file"`
+	// AdminToken is one more write-level admin token, from the environment
+	// variable MCPCLUSTER_ADMIN_TOKEN only (out of process listings).
+	AdminToken cluster.Token `yaml:"-"`
+	// AdminTokens is the admin token set built from AdminTokenFile and
+	// AdminToken; empty leaves the admin API open.
+	AdminTokens *cluster.Tokens `yaml:"-"`
+	// TLSCAFile, TLSCertFile and TLSKeyFile turn on mutual TLS on the
+	// cluster port: all three or none.
+	TLSCAFile   string `yaml:"tls_ca_file"`
+	TLSCertFile string `yaml:"tls_cert_file"`
+	TLSKeyFile  string `yaml:"tls_key_file"`
+	// Encrypt is the gossip encryption key, base64 of 16, 24 or 32 bytes.
+	Encrypt secret `yaml:"encrypt"`
+	// Insecure allows non-loopback addresses without TLS, a gossip key and
+	// an admin token (a warning is logged at start).
+	Insecure bool `yaml:"insecure"`
+	// RPCMaxConnsPerIP bounds cluster-port connections per remote IP; 0: no limit.
+	RPCMaxConnsPerIP int `yaml:"rpc_max_conns_per_ip"`
+}
+
+// secret is a configured secret value; it prints as [redacted].
+type secret string
+
+func (secret) String() string       { return "[redacted]" }
+func (secret) GoString() string     { return "[redacted]" }
+func (secret) LogValue() slog.Value { return slog.StringValue("[redacted]") }
+
+// gossipKey returns the decoded --encrypt key (validated), or nil.
+func (c *AgentConfig) gossipKey() []byte {
+	if c.Encrypt == "" {
+		return nil
+	}
+	key, _ := base64.StdEncoding.DecodeString(string(c.Encrypt))
+	return key
 }
 
 // ProviderConfig declares one provider of tools.
@@ -105,6 +148,8 @@ func defaultAgentConfig() AgentConfig {
 		CacheMaxBytes:   256 << 20,
 		CacheMaxKey:     512,
 		CacheMaxValue:   1 << 20,
+
+		RPCMaxConnsPerIP: cluster.DefaultMaxConnsPerIP,
 	}
 }
 
@@ -222,6 +267,20 @@ var agentOptions = []option{
 		c.SnapshotEvery = n
 		return nil
 	}},
+	{name: "admin-token-file", usage: "file of admin API tokens, one per line: TOKEN (write) or read|write TOKEN; MCPCLUSTER_ADMIN_TOKEN adds a write token", set: str(func(c *AgentConfig) *string { return &c.AdminTokenFile })},
+	{name: "tls-ca-file", usage: "CA certificate (PEM) of the cluster; with --tls-cert-file and --tls-key-file turns on mutual TLS on the cluster port", set: str(func(c *AgentConfig) *string { return &c.TLSCAFile })},
+	{name: "tls-cert-file", usage: "this node's certificate (PEM), signed by the cluster CA", set: str(func(c *AgentConfig) *string { return &c.TLSCertFile })},
+	{name: "tls-key-file", usage: "this node's private key (PEM)", set: str(func(c *AgentConfig) *string { return &c.TLSKeyFile })},
+	{name: "encrypt", usage: "gossip encryption key: base64 of 16, 24 or 32 random bytes", set: func(c *AgentConfig, v string) error { c.Encrypt = secret(v); return nil }},
+	{name: "insecure", usage: "allow non-loopback addresses without TLS, a gossip key and an admin token", bool: true, set: boolean(func(c *AgentConfig) *bool { return &c.Insecure })},
+	{name: "rpc-max-conns-per-ip", usage: "most cluster-port connections one remote IP may hold (0: no limit)", set: func(c *AgentConfig, v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			return fmt.Errorf("%q is not a non-negative number", v)
+		}
+		c.RPCMaxConnsPerIP = n
+		return nil
+	}},
 }
 
 func envName(flagName string) string {
@@ -291,6 +350,7 @@ func parseAgentConfig(args []string, getenv func(string) string, stderr io.Write
 			cfg.AuthTokens[tok] = principal
 		}
 	}
+	cfg.AdminToken = cluster.Token(getenv("MCPCLUSTER_ADMIN_TOKEN"))
 	joinFromFlags := false
 	for _, s := range flags {
 		if s.name == "join" && !joinFromFlags {
@@ -377,7 +437,137 @@ func (c *AgentConfig) validate() error {
 	if c.BootstrapExpect > 1 && len(c.Join) == 0 {
 		return fmt.Errorf("-bootstrap-expect %d needs at least one -join address to find the other servers", c.BootstrapExpect)
 	}
+	if err := c.validateSecurity(); err != nil {
+		return err
+	}
+	if where, missing := c.insecurity(); where != "" && !c.Insecure {
+		return fmt.Errorf("%s is not loopback: refusing to start without %s; --insecure overrides", where, missing)
+	}
 	return nil
+}
+
+var nodeIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+// validateSecurity checks the node id, the TLS files, the gossip key and
+// the connection bound, and reads the admin tokens.
+func (c *AgentConfig) validateSecurity() error {
+	if c.NodeID != "" && !nodeIDPattern.MatchString(c.NodeID) {
+		return fmt.Errorf("-node-id %q: want 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit", c.NodeID)
+	}
+	tls := []struct{ name, value string }{{"tls-ca-file", c.TLSCAFile}, {"tls-cert-file", c.TLSCertFile}, {"tls-key-file", c.TLSKeyFile}}
+	var set, unset []string
+	for _, f := range tls {
+		if f.value == "" {
+			unset = append(unset, "-"+f.name)
+		} else {
+			set = append(set, "-"+f.name)
+		}
+	}
+	if len(set) > 0 && len(unset) > 0 {
+		return fmt.Errorf("%s given without %s: TLS needs all three of -tls-ca-file, -tls-cert-file and -tls-key-file", joinAnd(set), joinAnd(unset))
+	}
+	for _, f := range tls {
+		if f.value == "" {
+			continue
+		}
+		if st, err := os.Stat(f.value); err != nil {
+			return fmt.Errorf("-%s %q: %v", f.name, f.value, pathError(err))
+		} else if st.IsDir() {
+			return fmt.Errorf("-%s %q: is a directory", f.name, f.value)
+		}
+	}
+	if c.Encrypt != "" {
+		key, err := base64.StdEncoding.DecodeString(string(c.Encrypt))
+		if err != nil {
+			return errors.New("-encrypt: the key is not valid base64 (make one with: head -c 32 /dev/urandom | base64)")
+		}
+		if n := len(key); n != 16 && n != 24 && n != 32 {
+			return fmt.Errorf("-encrypt: the key decodes to %d bytes; want 16, 24 or 32", n)
+		}
+	}
+	if c.RPCMaxConnsPerIP < 0 {
+		return fmt.Errorf("-rpc-max-conns-per-ip %d: want 0 (no limit) or more", c.RPCMaxConnsPerIP)
+	}
+	c.AdminTokens = cluster.NewTokens()
+	if c.AdminTokenFile != "" {
+		b, err := os.ReadFile(c.AdminTokenFile)
+		if err != nil {
+			return fmt.Errorf("-admin-token-file %q: %v", c.AdminTokenFile, pathError(err))
+		}
+		if c.AdminTokens, err = cluster.ParseTokenFile(b); err != nil {
+			return fmt.Errorf("-admin-token-file %q: %v", c.AdminTokenFile, err)
+		}
+	}
+	if c.AdminToken != "" {
+		if err := c.AdminTokens.Add(c.AdminToken, cluster.AccessWrite); err != nil && !errors.Is(err, cluster.ErrDuplicateToken) {
+			return fmt.Errorf("environment MCPCLUSTER_ADMIN_TOKEN: %v", err)
+		}
+	}
+	return nil
+}
+
+// pathError drops the operation and path of a file error (the message names them).
+func pathError(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+// insecurity returns the first non-loopback address (as "-flag host:port")
+// and what it lacks of TLS, a gossip key and an admin token; "" when every
+// address is loopback or nothing is missing.
+func (c *AgentConfig) insecurity() (where, missing string) {
+	for _, a := range []struct{ name, value string }{
+		{"http-addr", c.HTTPAddr}, {"rpc-addr", c.RPCAddr}, {"gossip-addr", c.GossipAddr},
+		{"http-advertise", c.HTTPAdvertise}, {"rpc-advertise", c.RPCAdvertise}, {"gossip-advertise", c.GossipAdvertise},
+	} {
+		if a.value != "" && !isLoopback(a.value) {
+			where = "-" + a.name + " " + a.value
+			break
+		}
+	}
+	if where == "" {
+		return "", ""
+	}
+	var lack []string
+	if c.TLSCAFile == "" {
+		lack = append(lack, "TLS (--tls-ca-file, --tls-cert-file, --tls-key-file)")
+	}
+	if c.Encrypt == "" {
+		lack = append(lack, "a gossip key (--encrypt)")
+	}
+	if c.AdminTokens.Len() == 0 {
+		lack = append(lack, "an admin token (--admin-token-file or MCPCLUSTER_ADMIN_TOKEN)")
+	}
+	if len(lack) == 0 {
+		return "", ""
+	}
+	return where, joinAnd(lack)
+}
+
+// isLoopback reports whether host:port binds or points to loopback only:
+// an IP in 127.0.0.0/8, ::1, or the name localhost. An empty host or
+// 0.0.0.0 (every interface) is not.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// joinAnd joins "a", "a and b", "a, b and c".
+func joinAnd(items []string) string {
+	if len(items) <= 1 {
+		return strings.Join(items, "")
+	}
+	return strings.Join(items[:len(items)-1], ", ") + " and " + items[len(items)-1]
 }
 
 // checkHostPort validates host:port; an advertised address needs a concrete IP.

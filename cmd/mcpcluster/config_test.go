@@ -1,14 +1,19 @@
 package main
 
 import (
+	"encoding/base64"
 	"errors"
+	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mcpcluster/mcpcluster/cluster"
 )
 
 func TestConfigPrecedence(t *testing.T) {
@@ -89,5 +94,253 @@ func TestDevDefaults(t *testing.T) {
 	}
 	if cfg.BootstrapExpect != 1 {
 		t.Fatalf("dev bootstrap-expect = %d, want 1", cfg.BootstrapExpect)
+	}
+}
+
+// secFiles writes a token file and TLS files and returns their paths.
+func secFiles(t *testing.T) (tokens, ca, cert, key string) {
+	t.Helper()
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	return write("tokens", "# admin\nwrite-token-0123456789\nread read-token-0123456789\n"),
+		write("ca.pem", "ca"), write("cert.pem", "cert"), write("key.pem", "key")
+}
+
+func TestSecurityConfig(t *testing.T) {
+	tokens, ca, cert, key := secFiles(t)
+	key16 := base64.StdEncoding.EncodeToString([]byte("0123456789abcdef"))
+	key32 := base64.StdEncoding.EncodeToString([]byte("0123456789abcdef0123456789abcdef"))
+	key20 := base64.StdEncoding.EncodeToString([]byte("0123456789abcdef0123"))
+	badTokens := filepath.Join(t.TempDir(), "bad")
+	if err := os.WriteFile(badTokens, []byte("write-token-0123456789\nadmin write-token-9876543210\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	all := []string{"--admin-token-file", tokens, "--tls-ca-file", ca, "--tls-cert-file", cert, "--tls-key-file", key, "--encrypt", key32}
+	const (
+		tlsMissing   = "TLS (--tls-ca-file, --tls-cert-file, --tls-key-file)"
+		keyMissing   = "a gossip key (--encrypt)"
+		tokenMissing = "an admin token (--admin-token-file or MCPCLUSTER_ADMIN_TOKEN)"
+	)
+	refusal := func(where string, missing string) string {
+		return where + " is not loopback: refusing to start without " + missing + "; --insecure overrides"
+	}
+	cases := []struct {
+		name  string
+		args  []string
+		env   map[string]string
+		yaml  string
+		err   string // exact message when it starts with "=", else a substring
+		check func(t *testing.T, c AgentConfig)
+	}{
+		{name: "token file flag", args: []string{"--admin-token-file", tokens}, check: func(t *testing.T, c AgentConfig) {
+			if c.AdminTokens.Len() != 2 {
+				t.Errorf("%d tokens", c.AdminTokens.Len())
+			}
+			if l, ok := c.AdminTokens.Check("read-token-0123456789"); !ok || l != cluster.AccessRead {
+				t.Errorf("read token: %v %v", l, ok)
+			}
+		}},
+		{name: "token file env", env: map[string]string{"MCPCLUSTER_ADMIN_TOKEN_FILE": tokens}, check: func(t *testing.T, c AgentConfig) {
+			if c.AdminTokens.Len() != 2 {
+				t.Errorf("%d tokens", c.AdminTokens.Len())
+			}
+		}},
+		{name: "token file yaml", yaml: "admin_token_file: " + tokens, check: func(t *testing.T, c AgentConfig) {
+			if c.AdminTokens.Len() != 2 {
+				t.Errorf("%d tokens", c.AdminTokens.Len())
+			}
+		}},
+		{name: "token env", env: map[string]string{"MCPCLUSTER_ADMIN_TOKEN": "env-token-0123456789"}, check: func(t *testing.T, c AgentConfig) {
+			if l, ok := c.AdminTokens.Check("env-token-0123456789"); !ok || l != cluster.AccessWrite || c.AdminTokens.Len() != 1 {
+				t.Errorf("env token: %v %v", l, ok)
+			}
+		}},
+		{name: "token env and file", args: []string{"--admin-token-file", tokens}, env: map[string]string{"MCPCLUSTER_ADMIN_TOKEN": "env-token-0123456789"}, check: func(t *testing.T, c AgentConfig) {
+			if c.AdminTokens.Len() != 3 {
+				t.Errorf("%d tokens, want 3", c.AdminTokens.Len())
+			}
+		}},
+		{name: "token env short", env: map[string]string{"MCPCLUSTER_ADMIN_TOKEN": "short"}, err: "environment MCPCLUSTER_ADMIN_TOKEN: token is shorter than 16"},
+		{name: "token file bad line", args: []string{"--admin-token-file", badTokens}, err: `-admin-token-file "` + badTokens + `": line 2: access level "admin" is not read or write`},
+		{name: "token file missing", args: []string{"--admin-token-file", "/nonexistent/tokens"}, err: `-admin-token-file "/nonexistent/tokens": no such file or directory`},
+		{name: "no tokens without a file", check: func(t *testing.T, c AgentConfig) {
+			if c.AdminTokens.Len() != 0 {
+				t.Errorf("%d tokens", c.AdminTokens.Len())
+			}
+		}},
+
+		{name: "tls flags", args: []string{"--tls-ca-file", ca, "--tls-cert-file", cert, "--tls-key-file", key}, check: func(t *testing.T, c AgentConfig) {
+			if c.TLSCAFile != ca || c.TLSCertFile != cert || c.TLSKeyFile != key {
+				t.Errorf("tls files %q %q %q", c.TLSCAFile, c.TLSCertFile, c.TLSKeyFile)
+			}
+		}},
+		{name: "tls env", env: map[string]string{"MCPCLUSTER_TLS_CA_FILE": ca, "MCPCLUSTER_TLS_CERT_FILE": cert, "MCPCLUSTER_TLS_KEY_FILE": key}, check: func(t *testing.T, c AgentConfig) {
+			if c.TLSCAFile != ca || c.TLSCertFile != cert || c.TLSKeyFile != key {
+				t.Errorf("tls files %q %q %q", c.TLSCAFile, c.TLSCertFile, c.TLSKeyFile)
+			}
+		}},
+		{name: "tls yaml", yaml: "tls_ca_file: " + ca + "\ntls_cert_file: " + cert + "\ntls_key_file: " + key, check: func(t *testing.T, c AgentConfig) {
+			if c.TLSCAFile != ca || c.TLSCertFile != cert || c.TLSKeyFile != key {
+				t.Errorf("tls files %q %q %q", c.TLSCAFile, c.TLSCertFile, c.TLSKeyFile)
+			}
+		}},
+		{name: "tls partial", args: []string{"--tls-ca-file", ca}, err: "=-tls-ca-file given without -tls-cert-file and -tls-key-file: TLS needs all three of -tls-ca-file, -tls-cert-file and -tls-key-file"},
+		{name: "tls missing file", args: []string{"--tls-ca-file", ca, "--tls-cert-file", cert, "--tls-key-file", key + ".gone"}, err: `-tls-key-file "` + key + `.gone": no such file or directory`},
+
+		{name: "encrypt flag", args: []string{"--encrypt", key32}, check: func(t *testing.T, c AgentConfig) {
+			if len(c.gossipKey()) != 32 {
+				t.Errorf("gossip key %d bytes", len(c.gossipKey()))
+			}
+		}},
+		{name: "encrypt env", env: map[string]string{"MCPCLUSTER_ENCRYPT": key16}, check: func(t *testing.T, c AgentConfig) {
+			if string(c.gossipKey()) != "0123456789abcdef" {
+				t.Errorf("gossip key %d bytes", len(c.gossipKey()))
+			}
+		}},
+		{name: "encrypt yaml", yaml: "encrypt: " + key32, check: func(t *testing.T, c AgentConfig) {
+			if len(c.gossipKey()) != 32 {
+				t.Errorf("gossip key %d bytes", len(c.gossipKey()))
+			}
+		}},
+		{name: "encrypt wrong length", args: []string{"--encrypt", key20}, err: "=-encrypt: the key decodes to 20 bytes; want 16, 24 or 32"},
+		{name: "encrypt not base64", args: []string{"--encrypt", "not*base64!"}, err: "-encrypt: the key is not valid base64"},
+
+		{name: "insecure flag", args: []string{"--insecure"}, check: func(t *testing.T, c AgentConfig) {
+			if !c.Insecure {
+				t.Error("not insecure")
+			}
+		}},
+		{name: "insecure env", env: map[string]string{"MCPCLUSTER_INSECURE": "true"}, check: func(t *testing.T, c AgentConfig) {
+			if !c.Insecure {
+				t.Error("not insecure")
+			}
+		}},
+		{name: "insecure yaml", yaml: "insecure: true", check: func(t *testing.T, c AgentConfig) {
+			if !c.Insecure {
+				t.Error("not insecure")
+			}
+		}},
+
+		{name: "conns per ip default", check: func(t *testing.T, c AgentConfig) {
+			if c.RPCMaxConnsPerIP != cluster.DefaultMaxConnsPerIP {
+				t.Errorf("default %d", c.RPCMaxConnsPerIP)
+			}
+		}},
+		{name: "conns per ip flag 0", args: []string{"--rpc-max-conns-per-ip", "0"}, check: func(t *testing.T, c AgentConfig) {
+			if c.RPCMaxConnsPerIP != 0 {
+				t.Errorf("got %d", c.RPCMaxConnsPerIP)
+			}
+		}},
+		{name: "conns per ip env", env: map[string]string{"MCPCLUSTER_RPC_MAX_CONNS_PER_IP": "10"}, check: func(t *testing.T, c AgentConfig) {
+			if c.RPCMaxConnsPerIP != 10 {
+				t.Errorf("got %d", c.RPCMaxConnsPerIP)
+			}
+		}},
+		{name: "conns per ip yaml", yaml: "rpc_max_conns_per_ip: 7", check: func(t *testing.T, c AgentConfig) {
+			if c.RPCMaxConnsPerIP != 7 {
+				t.Errorf("got %d", c.RPCMaxConnsPerIP)
+			}
+		}},
+		{name: "conns per ip negative", args: []string{"--rpc-max-conns-per-ip", "-1"}, err: "flag -rpc-max-conns-per-ip"},
+		{name: "conns per ip yaml negative", yaml: "rpc_max_conns_per_ip: -1", err: "-rpc-max-conns-per-ip -1"},
+
+		{name: "node id ok", args: []string{"--node-id", "node-1.a_B"}},
+		{name: "node id leading dash", args: []string{"--node-id", "-n1"}, err: `-node-id "-n1"`},
+		{name: "node id space", args: []string{"--node-id", "n 1"}, err: `-node-id "n 1"`},
+		{name: "node id slash", yaml: "node_id: a/b", err: `-node-id "a/b"`},
+		{name: "node id too long", args: []string{"--node-id", strings.Repeat("a", 65)}, err: "-node-id"},
+		{name: "node id 64", args: []string{"--node-id", strings.Repeat("a", 64)}},
+
+		{name: "loopback with nothing", args: []string{"--http-addr", "localhost:8700", "--rpc-addr", "127.0.0.2:8701", "--gossip-addr", "[::1]:8702", "--rpc-advertise", "127.0.0.1:8701"}},
+		{name: "refused with nothing", args: []string{"--rpc-addr", "10.0.0.5:8701"},
+			err: "=" + refusal("-rpc-addr 10.0.0.5:8701", tlsMissing+", "+keyMissing+" and "+tokenMissing)},
+		{name: "refused names only what is missing", args: []string{"--gossip-addr", "10.0.0.5:8702", "--admin-token-file", tokens},
+			err: "=" + refusal("-gossip-addr 10.0.0.5:8702", tlsMissing+" and "+keyMissing)},
+		{name: "refused without a key", args: []string{"--http-addr", "0.0.0.0:8700", "--tls-ca-file", ca, "--tls-cert-file", cert, "--tls-key-file", key},
+			env: map[string]string{"MCPCLUSTER_ADMIN_TOKEN": "env-token-0123456789"},
+			err: "=" + refusal("-http-addr 0.0.0.0:8700", keyMissing)},
+		{name: "refused empty host", args: []string{"--http-addr", ":8700", "--encrypt", key16},
+			err: "=" + refusal("-http-addr :8700", tlsMissing+" and "+tokenMissing)},
+		{name: "refused advertise", args: []string{"--http-advertise", "192.168.1.9:8700"},
+			err: "=" + refusal("-http-advertise 192.168.1.9:8700", tlsMissing+", "+keyMissing+" and "+tokenMissing)},
+		{name: "refused from yaml", yaml: "rpc_addr: 10.0.0.5:8701\nencrypt: " + key32,
+			err: "=" + refusal("-rpc-addr 10.0.0.5:8701", tlsMissing+" and "+tokenMissing)},
+		{name: "non-loopback secured", args: append([]string{"--rpc-addr", "10.0.0.5:8701", "--http-addr", "0.0.0.0:8700"}, all...)},
+		{name: "non-loopback insecure", args: []string{"--rpc-addr", "10.0.0.5:8701", "--insecure"}, check: func(t *testing.T, c AgentConfig) {
+			where, missing := c.insecurity()
+			if where != "-rpc-addr 10.0.0.5:8701" || missing != tlsMissing+", "+keyMissing+" and "+tokenMissing {
+				t.Errorf("insecurity() = %q, %q", where, missing)
+			}
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			env := map[string]string{}
+			for k, v := range tc.env {
+				env[k] = v
+			}
+			if tc.yaml != "" {
+				file := filepath.Join(t.TempDir(), "node.yaml")
+				if err := os.WriteFile(file, []byte(tc.yaml+"\n"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+				env["MCPCLUSTER_CONFIG"] = file
+			}
+			cfg, err := parseAgentConfig(append([]string{"--dev"}, tc.args...), func(k string) string { return env[k] }, io.Discard)
+			if tc.err == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if tc.check != nil {
+					tc.check(t, cfg)
+				}
+				return
+			}
+			var ue usageError
+			if !errors.As(err, &ue) {
+				t.Fatalf("got %v, want a usage error", err)
+			}
+			if exact, ok := strings.CutPrefix(tc.err, "="); ok {
+				if err.Error() != exact {
+					t.Fatalf("got  %s\nwant %s", err, exact)
+				}
+			} else if !strings.Contains(err.Error(), tc.err) {
+				t.Fatalf("got %v, want %q in it", err, tc.err)
+			}
+			for _, k := range []string{key16, key20, key32, "write-token-0123456789", "env-token-0123456789"} {
+				if strings.Contains(err.Error(), k) {
+					t.Fatalf("error shows a secret: %v", err)
+				}
+			}
+		})
+	}
+}
+
+// The refusal is one line on stderr and exit status 2.
+func TestSecureByDefaultExit(t *testing.T) {
+	var stdout, stderr strings.Builder
+	code := run([]string{"agent", "--dev", "--rpc-addr", "10.0.0.5:8701"}, &stdout, &stderr)
+	if code != 2 {
+		t.Fatalf("exit %d, want 2; stderr %s", code, stderr.String())
+	}
+	want := "mcpcluster agent: -rpc-addr 10.0.0.5:8701 is not loopback: refusing to start without TLS (--tls-ca-file, --tls-cert-file, --tls-key-file), a gossip key (--encrypt) and an admin token (--admin-token-file or MCPCLUSTER_ADMIN_TOKEN); --insecure overrides\n"
+	if stderr.String() != want {
+		t.Fatalf("stderr %q\nwant   %q", stderr.String(), want)
+	}
+}
+
+func TestSecretsRedacted(t *testing.T) {
+	cfg := AgentConfig{Encrypt: secret("c2VjcmV0LWtleS0wMTIzNDU2Nw=="), AdminToken: cluster.Token("env-token-0123456789")}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%v %+v %#v", cfg, cfg, cfg)
+	slog.New(slog.NewTextHandler(&b, nil)).Info("cfg", "encrypt", cfg.Encrypt, "token", cfg.AdminToken)
+	if strings.Contains(b.String(), "c2VjcmV0") || strings.Contains(b.String(), "env-token") {
+		t.Fatalf("secret printed: %s", b.String())
 	}
 }
