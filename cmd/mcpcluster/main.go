@@ -24,6 +24,8 @@ Commands:
   cache     get, set, delete and list keys of the shared cache
   bench     load-test running nodes (bench suite: the standard report)
   leave     make a node leave the cluster gracefully and exit
+  tls       create a cluster CA and node certificates (tls ca create, tls cert create)
+  keygen    print a new gossip encryption key
 `
 
 func main() {
@@ -55,6 +57,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runTools(args[1:], stdout, stderr)
 	case "leave":
 		err = runLeave(args[1:], stdout, stderr)
+	case "tls":
+		err = runTLS(args[1:], stdout, stderr)
+	case "keygen":
+		err = runKeygen(args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0
