@@ -3,14 +3,19 @@ package integration
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mcpcluster/mcpcluster/cluster"
 )
 
 // `mcpcluster agent --dev` needs nothing else: it bootstraps alone, takes
@@ -53,8 +58,9 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// `mcpcluster local` (what `make run` starts) runs a 3-node cluster, prints
-// its endpoints, and stops every node on Ctrl-C.
+// `mcpcluster local` (what `make run` starts) runs a secured 3-node cluster
+// (TLS, gossip key and admin token made in its data dir), prints its
+// endpoints and admin token, and stops every node on Ctrl-C.
 func TestLocalCluster(t *testing.T) {
 	// Ten consecutive free ports per node, searched below the ephemeral
 	// range, where nothing else picks ports at random.
@@ -69,7 +75,8 @@ func TestLocalCluster(t *testing.T) {
 		t.Fatal("no run of 30 free ports found")
 	}
 	var out syncBuffer
-	cmd := exec.Command(binary, "local", "--base-port", fmt.Sprint(base), "--data-dir", t.TempDir())
+	dataDir := t.TempDir()
+	cmd := exec.Command(binary, "local", "--base-port", fmt.Sprint(base), "--data-dir", dataDir)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -84,8 +91,49 @@ func TestLocalCluster(t *testing.T) {
 	for i := range nodes {
 		nodes[i] = &node{t: t, id: fmt.Sprintf("node%d", i+1), http: fmt.Sprintf("127.0.0.1:%d", base+10*i)}
 	}
-	c := &testCluster{t: t, nodes: nodes}
-	c.waitStable(30*time.Second, nodes, "node1", "node2", "node3")
+	var token string
+	waitFor(t, 30*time.Second, func() error {
+		if token == "" {
+			b, err := os.ReadFile(filepath.Join(dataDir, "admin.token"))
+			if err != nil {
+				return err
+			}
+			token = strings.TrimSpace(string(b))
+		}
+		leader := ""
+		for _, nd := range nodes {
+			st, err := statusWithToken(nd.http, token)
+			if err != nil {
+				return fmt.Errorf("%s: %w", nd.id, err)
+			}
+			if !st.Ready {
+				return fmt.Errorf("%s not ready: %s", nd.id, st.ReadyError)
+			}
+			if leader == "" {
+				leader = st.Leader.ID
+			} else if st.Leader.ID != leader {
+				return fmt.Errorf("%s sees leader %q, others %q", nd.id, st.Leader.ID, leader)
+			}
+			if got := strings.Join(voters(st), ","); got != "node1,node2,node3" {
+				return fmt.Errorf("%s sees voters %s", nd.id, got)
+			}
+		}
+		return nil
+	})
+	if !strings.Contains(out.String(), "MCPCLUSTER_ADMIN_TOKEN="+token+"\n") {
+		t.Errorf("admin token not printed:\n%s", out.String())
+	}
+	noToken := &http.Client{Timeout: 10 * time.Second}
+	if resp, err := noToken.Get("http://" + nodes[0].http + "/v1/status"); err != nil {
+		t.Error(err)
+	} else if resp.Body.Close(); resp.StatusCode == http.StatusOK {
+		t.Error("/v1/status answers without the admin token")
+	}
+	for _, f := range []string{"mcpcluster-ca.pem", "node1.pem", "node3-key.pem"} {
+		if _, err := os.Stat(filepath.Join(dataDir, "tls", f)); err != nil {
+			t.Error(err)
+		}
+	}
 	for i := range nodes {
 		if want := fmt.Sprintf("http://127.0.0.1:%d", base+10*i); !strings.Contains(out.String(), want) {
 			t.Errorf("endpoint %s not printed:\n%s", want, out.String())
@@ -109,4 +157,23 @@ func TestLocalCluster(t *testing.T) {
 	if _, _, err := nodes[0].get(ctx, "x", "stale"); err == nil {
 		t.Fatal("node1 still answers after Ctrl-C")
 	}
+}
+
+// statusWithToken reads a node's /v1/status with the admin token.
+func statusWithToken(addr, token string) (cluster.Status, error) {
+	var st cluster.Status
+	req, err := http.NewRequest(http.MethodGet, "http://"+addr+"/v1/status", nil)
+	if err != nil {
+		return st, err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return st, fmt.Errorf("status: %s", resp.Status)
+	}
+	return st, json.NewDecoder(resp.Body).Decode(&st)
 }
