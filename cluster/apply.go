@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -20,6 +21,52 @@ func isRetryable(err error) bool {
 	return errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) ||
 		errors.Is(err, raft.ErrLeadershipTransferInProgress) || errors.Is(err, raft.ErrAbortedByRestore) ||
 		errors.Is(err, raft.ErrEnqueueTimeout) || errors.Is(err, errRetry)
+}
+
+// ErrRefused marks a command the leader would not commit: it does not pass
+// fsm.Check, or it breaks a cache bound of the leader's configuration.
+// Nothing was written and sending it again cannot succeed, so it is never
+// retried. A refusal is also ErrInvalid (a request rejected before anything
+// was written).
+var ErrRefused = errors.New("refused command")
+
+// refusedPrefix starts the message of a refusal, which is how a refusal
+// crosses the cluster RPC (ApplyReply.Err).
+const refusedPrefix = "refused command: "
+
+type refusedError struct{ err error }
+
+func (e *refusedError) Error() string { return refusedPrefix + e.err.Error() }
+func (e *refusedError) Unwrap() error { return e.err }
+func (e *refusedError) Is(target error) bool {
+	return target == ErrRefused || target == ErrInvalid
+}
+
+// refusal turns the message of ApplyReply.Err back into an error, an
+// ErrRefused one if the leader refused the command.
+func refusal(msg string) error {
+	if rest, ok := strings.CutPrefix(msg, refusedPrefix); ok {
+		return &refusedError{err: errors.New(rest)}
+	}
+	return errors.New(msg)
+}
+
+// checkCommand is the gate every command passes on the leader before
+// raft.Apply, whether proposed here (applyLocal) or forwarded by a peer
+// (ApplyBatch): nothing that Apply cannot decode, nothing this version
+// does not fully understand and no cache entry beyond this node's bounds
+// gets committed. Its error is ErrRefused.
+func (n *Node) checkCommand(data []byte) error {
+	c, err := fsm.Check(data)
+	if err == nil {
+		if err = n.checkCacheBounds(c); err != nil {
+			err = fmt.Errorf("%s: %w", c.Type, err)
+		}
+	}
+	if err != nil {
+		return &refusedError{err: err}
+	}
+	return nil
 }
 
 // NewRequestID returns a random id for Command.RequestID.
@@ -66,8 +113,9 @@ func (n *Node) Apply(ctx context.Context, cmd *fsm.Command) (*fsm.Result, error)
 // onLeader runs local when this node leads and remote against the leader
 // otherwise, retrying with backoff while there is no leader, leadership moves
 // (a retryable local error, or remote answering "not leader") or the leader
-// cannot be reached. A remote failure is always retried: callers make that
-// safe (request ids for writes; reads have no effect). It gives up when ctx
+// cannot be reached. A remote failure is retried, except a refusal
+// (ErrRefused): callers make that safe (request ids for writes; reads have
+// no effect). It gives up when ctx
 // ends, or after ApplyTimeout when ctx has no deadline.
 func (n *Node) onLeader(ctx context.Context, local func(timeout time.Duration) error, remote func(ctx context.Context, addr string) (notLeader bool, err error)) error {
 	ctx, cancel := n.bounded(ctx)
@@ -95,6 +143,8 @@ func (n *Node) onLeader(ctx context.Context, local func(timeout time.Duration) e
 		}
 		notLeader, err := remote(ctx, addr)
 		switch {
+		case errors.Is(err, ErrRefused):
+			return err
 		case err != nil:
 			lastErr = err
 		case notLeader:
@@ -105,10 +155,14 @@ func (n *Node) onLeader(ctx context.Context, local func(timeout time.Duration) e
 	}
 }
 
-// applyLocal applies encoded data on this node, which must lead.
+// applyLocal applies encoded data on this node, which must lead, if
+// checkCommand lets it through.
 func (n *Node) applyLocal(data []byte, timeout time.Duration) (*fsm.Result, error) {
 	if timeout <= 0 {
 		return nil, context.DeadlineExceeded
+	}
+	if err := n.checkCommand(data); err != nil {
+		return nil, err
 	}
 	f := n.raft.Apply(data, timeout)
 	if err := f.Error(); err != nil {

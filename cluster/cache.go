@@ -50,6 +50,29 @@ func (n *Node) checkKey(key string) error {
 	return nil
 }
 
+// checkValue bounds one value (what names it in the error).
+func (n *Node) checkValue(what string, v []byte) error {
+	if len(v) > n.cfg.Cache.MaxValueBytes {
+		return fmt.Errorf("%w: %s is %d bytes, the maximum is %d", ErrInvalid, what, len(v), n.cfg.Cache.MaxValueBytes)
+	}
+	return nil
+}
+
+// checkCacheBounds holds a cache write command to this node's bounds of one
+// entry; the leader runs it on every command (checkCommand).
+func (n *Node) checkCacheBounds(c *fsm.Command) error {
+	if c.Type != fsm.TypeCacheSet && c.Type != fsm.TypeCacheDelete {
+		return nil
+	}
+	if err := n.checkKey(c.Key); err != nil {
+		return err
+	}
+	if err := n.checkValue("value", c.Value); err != nil {
+		return err
+	}
+	return n.checkValue("old value", c.OldValue)
+}
+
 // CacheGet reads key at the given consistency. A missing or expired key
 // is fsm.ErrNotFound.
 func (n *Node) CacheGet(ctx context.Context, key string, level Consistency) (fsm.CacheEntry, ReadInfo, error) {
@@ -86,8 +109,8 @@ func (n *Node) CacheSet(ctx context.Context, key string, value []byte, opt SetOp
 	if err := n.checkKey(key); err != nil {
 		return nil, err
 	}
-	if len(value) > n.cfg.Cache.MaxValueBytes {
-		return nil, fmt.Errorf("%w: value is %d bytes, the maximum is %d", ErrInvalid, len(value), n.cfg.Cache.MaxValueBytes)
+	if err := n.checkValue("value", value); err != nil {
+		return nil, err
 	}
 	if opt.TTL < 0 {
 		return nil, fmt.Errorf("%w: negative ttl %s", ErrInvalid, opt.TTL)

@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/hashicorp/raft"
@@ -14,8 +13,13 @@ import (
 // them all in raft at once, so they share log entries, fsyncs and one round
 // trip instead of one each.
 
-// maxForwardBatch bounds the commands of one forwarded batch.
-const maxForwardBatch = 256
+// maxForwardBatch bounds the commands of one forwarded batch, and
+// maxForwardBatchBytes their encoded size, well inside the cluster RPC's
+// largest message; a single larger command goes alone.
+const (
+	maxForwardBatch      = 256
+	maxForwardBatchBytes = 16 << 20
+)
 
 // ApplyBatchArgs carries encoded commands to the leader.
 type ApplyBatchArgs struct{ Data [][]byte }
@@ -35,7 +39,9 @@ type forwardResp struct {
 }
 
 // ApplyBatch commits several commands if this node leads. A command that
-// fails for a reason other than leadership reports it in its reply.
+// fails for a reason other than leadership reports it in its reply; one
+// that checkCommand refuses is not applied (its Err starts "refused
+// command:") and the others go on.
 func (s *rpcService) ApplyBatch(args ApplyBatchArgs, reply *ApplyBatchReply) error {
 	reply.Results = make([]ApplyReply, len(args.Data))
 	if s.n.raft.State() != raft.Leader {
@@ -46,9 +52,17 @@ func (s *rpcService) ApplyBatch(args ApplyBatchArgs, reply *ApplyBatchReply) err
 	}
 	futures := make([]raft.ApplyFuture, len(args.Data))
 	for i, d := range args.Data {
+		if err := s.n.checkCommand(d); err != nil {
+			s.n.logger.Warn("refused a forwarded command", "bytes", len(d), "error", err)
+			reply.Results[i].Err = err.Error()
+			continue
+		}
 		futures[i] = s.n.raft.Apply(d, s.n.cfg.ApplyTimeout)
 	}
 	for i, f := range futures {
+		if f == nil {
+			continue // refused
+		}
 		r := &reply.Results[i]
 		if err := f.Error(); err != nil {
 			if isRetryable(err) {
@@ -81,7 +95,7 @@ func (n *Node) forwardApply(ctx context.Context, addr string, data []byte) (Appl
 	select {
 	case resp := <-req.done:
 		if resp.err == nil && resp.reply.Err != "" {
-			resp.err = errors.New(resp.reply.Err)
+			resp.err = refusal(resp.reply.Err)
 		}
 		return resp.reply, resp.err
 	case <-ctx.Done():
@@ -92,23 +106,18 @@ func (n *Node) forwardApply(ctx context.Context, addr string, data []byte) (Appl
 
 // runForwarder collects forwarded writes into batches until shutdown.
 func (n *Node) runForwarder() {
+	var next *forwardReq // did not fit the last batch
 	for {
-		var first *forwardReq
-		select {
-		case first = <-n.forwardCh:
-		case <-n.shutdownCh:
-			return
-		}
-		batch := []*forwardReq{first}
-	drain:
-		for len(batch) < maxForwardBatch {
+		first := next
+		if first == nil {
 			select {
-			case r := <-n.forwardCh:
-				batch = append(batch, r)
-			default:
-				break drain
+			case first = <-n.forwardCh:
+			case <-n.shutdownCh:
+				return
 			}
 		}
+		var batch []*forwardReq
+		batch, next = takeBatch(first, n.forwardCh)
 		// Usually all for one leader; split if leadership moved meanwhile.
 		byAddr := map[string][]*forwardReq{}
 		for _, r := range batch {
@@ -118,6 +127,26 @@ func (n *Node) runForwarder() {
 			n.goFunc(func() { n.sendBatch(addr, reqs) })
 		}
 	}
+}
+
+// takeBatch returns first and whatever is waiting in ch, up to
+// maxForwardBatch commands and maxForwardBatchBytes (a first command larger
+// than that goes alone). next is a request taken from ch that did not fit:
+// it starts the next batch.
+func takeBatch(first *forwardReq, ch <-chan *forwardReq) (batch []*forwardReq, next *forwardReq) {
+	batch, size := []*forwardReq{first}, len(first.data)
+	for len(batch) < maxForwardBatch && size < maxForwardBatchBytes {
+		select {
+		case r := <-ch:
+			if size+len(r.data) > maxForwardBatchBytes {
+				return batch, r
+			}
+			batch, size = append(batch, r), size+len(r.data)
+		default:
+			return batch, nil
+		}
+	}
+	return batch, nil
 }
 
 // sendBatch makes one ApplyBatch call and answers every request of it. The

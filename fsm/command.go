@@ -110,31 +110,66 @@ func Encode(c *Command) ([]byte, error) {
 // trailing data, a missing required field or a negative duration/limit.
 // Decoded commands are normalised (empty slices are nil, tool specs are
 // compacted) so that Decode(Encode(Decode(b))) equals Decode(b).
+//
+// Decode is lenient about JSON fields it does not know, so that a log
+// written by a newer version still applies; what is proposed for commit
+// goes through Check first.
 func Decode(b []byte) (*Command, error) {
+	c, err := decode(b, false)
+	if err != nil {
+		return nil, fmt.Errorf("decode command: %w", err)
+	}
+	return c, nil
+}
+
+// Check is the test a proposed command passes before it may be committed:
+// everything Decode checks, and also no JSON field this version does not
+// understand (a newer node's command would be applied half understood) and
+// nothing after the JSON object. A command Check accepts, Decode accepts,
+// so Apply cannot panic on it. It returns the decoded command.
+func Check(b []byte) (*Command, error) {
+	return decode(b, true)
+}
+
+// decode parses b; strict refuses unknown JSON fields.
+func decode(b []byte, strict bool) (*Command, error) {
 	if len(b) < 2 {
-		return nil, fmt.Errorf("decode command: short input (%d bytes)", len(b))
+		return nil, fmt.Errorf("short input (%d bytes)", len(b))
 	}
 	if b[0] != EncodingVersion {
-		return nil, fmt.Errorf("decode command: unsupported encoding version %d", b[0])
+		return nil, fmt.Errorf("unsupported encoding version %d", b[0])
 	}
 	t := Type(b[1])
 	if !t.valid() {
-		return nil, fmt.Errorf("decode command: unknown type %d", b[1])
+		return nil, fmt.Errorf("unknown command type %d", b[1])
 	}
-	if p := bytes.TrimLeft(b[2:], " \t\r\n"); len(p) == 0 || p[0] != '{' {
-		return nil, fmt.Errorf("decode %s: payload is not a json object", t)
+	payload := b[2:]
+	if p := bytes.TrimLeft(payload, jsonSpace); len(p) == 0 || p[0] != '{' {
+		return nil, fmt.Errorf("%s: payload is not a json object", t)
 	}
 	c := &Command{}
-	if err := json.Unmarshal(b[2:], c); err != nil {
-		return nil, fmt.Errorf("decode %s: %w", t, err)
+	if strict {
+		dec := json.NewDecoder(bytes.NewReader(payload))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(c); err != nil {
+			return nil, fmt.Errorf("%s: %w", t, err)
+		}
+		if rest := bytes.TrimLeft(payload[dec.InputOffset():], jsonSpace); len(rest) > 0 {
+			return nil, fmt.Errorf("%s: %d bytes of trailing data after the json object", t, len(rest))
+		}
+	} else if err := json.Unmarshal(payload, c); err != nil {
+		return nil, fmt.Errorf("%s: %w", t, err)
 	}
 	c.Type = t
 	c.normalize()
 	if err := c.validate(); err != nil {
-		return nil, fmt.Errorf("decode %s: %w", t, err)
+		return nil, fmt.Errorf("%s: %w", t, err)
 	}
 	return c, nil
 }
+
+// jsonSpace is the whitespace JSON allows between tokens.
+const jsonSpace = " \t\r\n"
 
 // validate checks the fields the command's type requires.
 func (c *Command) validate() error {

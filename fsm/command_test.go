@@ -6,6 +6,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/hashicorp/raft"
 )
 
 func u64(v uint64) *uint64 { return &v }
@@ -86,8 +88,8 @@ func TestDecodeErrors(t *testing.T) {
 		{"nil", nil, "short input"},
 		{"one byte", []byte{EncodingVersion}, "short input"},
 		{"wrong version", []byte{2, byte(TypeCacheExpire), '{', '}'}, "encoding version"},
-		{"type zero", hdr(0, `{}`), "unknown type"},
-		{"type too large", hdr(TypeCacheExpire+1, `{}`), "unknown type"},
+		{"type zero", hdr(0, `{}`), "unknown command type 0"},
+		{"type too large", hdr(TypeCacheExpire+1, `{}`), "unknown command type 13"},
 		{"empty payload", hdr(TypeCacheExpire, ``), "not a json object"},
 		{"null payload", hdr(TypeCacheExpire, `null`), "not a json object"},
 		{"array payload", hdr(TypeCacheExpire, `[]`), "not a json object"},
@@ -199,6 +201,93 @@ func FuzzDecode(f *testing.F) {
 		}
 		if !reflect.DeepEqual(c, c2) {
 			t.Fatalf("round trip mismatch for %q:\n got %+v\nwant %+v", b, c2, c)
+		}
+	})
+}
+
+func TestCheck(t *testing.T) {
+	for _, c := range sampleCommands() {
+		got, err := Check(mustEncode(t, c))
+		if err != nil {
+			t.Fatalf("Check(%s): %v", c.Type, err)
+		}
+		if !reflect.DeepEqual(got, c) {
+			t.Fatalf("Check(%s) = %+v, want %+v", c.Type, got, c)
+		}
+	}
+	hdr := func(t Type, js string) []byte { return append([]byte{EncodingVersion, byte(t)}, js...) }
+	cases := []struct {
+		name string
+		in   []byte
+		want string
+	}{
+		{"short", []byte{EncodingVersion}, "short input"},
+		{"wrong version", []byte{9, byte(TypeCacheExpire), '{', '}'}, "unsupported encoding version 9"},
+		{"unknown type", hdr(200, `{}`), "unknown command type 200"},
+		{"not an object", hdr(TypeCacheExpire, `[]`), "not a json object"},
+		{"invalid json", hdr(TypeCacheExpire, `{"now":`), "unexpected EOF"},
+		{"unknown field", hdr(TypeCacheSet, `{"key":"k","ttl_ms":5}`), `cache_set: json: unknown field "ttl_ms"`},
+		{"unknown nested field", hdr(TypeNodeRegister, `{"node":{"id":"n1","zone":"a"}}`), `unknown field "zone"`},
+		{"type is not a field", hdr(TypeCacheExpire, `{"-":1}`), `unknown field "-"`},
+		{"trailing garbage", hdr(TypeCacheExpire, `{"now":1} x`), "trailing data"},
+		{"second object", hdr(TypeCacheExpire, `{"now":1}{}`), "trailing data"},
+		{"missing key", hdr(TypeCacheSet, `{"value":"AA=="}`), "cache_set: missing key"},
+		{"negative limit", hdr(TypeCacheExpire, `{"limit":-1}`), "negative limit"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Check(tc.in)
+			if err == nil {
+				t.Fatalf("Check accepted %q: %+v", tc.in, c)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %q does not contain %q", err, tc.want)
+			}
+		})
+	}
+	// Decode stays lenient: a log entry with a field from a newer version
+	// applies.
+	if _, err := Decode(hdr(TypeCacheSet, `{"key":"k","ttl_ms":5}`)); err != nil {
+		t.Fatalf("Decode of an unknown field: %v", err)
+	}
+	// Whitespace around the object is not trailing data.
+	if _, err := Check(hdr(TypeCacheExpire, " {\"now\":1}\r\n\t ")); err != nil {
+		t.Fatalf("whitespace refused: %v", err)
+	}
+}
+
+// FuzzCheck holds Check to its promise: what it accepts a fresh FSM
+// applies without panicking, and re-encodes to something it accepts again.
+func FuzzCheck(f *testing.F) {
+	for _, c := range sampleCommands() {
+		f.Add(mustEncode(f, c))
+	}
+	for _, b := range []string{
+		"", "\x01", "\x01\x0a{}", "\x01\x0a{\"key\":\"k\"}", "\x01\x0a{\"key\":\"k\",\"x\":1}",
+		"\x01\xc8{}", "\x02\x01{}", "\x01\x01{\"node\":{\"id\":\"a\",\"id\":\"\"}}",
+		"\x01\x0c{\"now\":1} ", "\x01\x0c{\"now\":1}x", "\x01\x04{\"provider\":\"p\",\"tools\":[{\"name\":\"t\",\"spec\":{\"a\":[1,{}]}}]}",
+	} {
+		f.Add([]byte(b))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := Check(b)
+		if err != nil {
+			return
+		}
+		d, err := Decode(b)
+		if err != nil {
+			t.Fatalf("Check accepted %q, Decode refused it: %v", b, err)
+		}
+		if !reflect.DeepEqual(c, d) {
+			t.Fatalf("Check and Decode disagree on %q:\n check %+v\ndecode %+v", b, c, d)
+		}
+		New().Apply(&raft.Log{Index: 1, Data: b, Type: raft.LogCommand})
+		b2, err := Encode(c)
+		if err != nil {
+			t.Fatalf("Encode(Check(%q)): %v", b, err)
+		}
+		if _, err := Check(b2); err != nil {
+			t.Fatalf("Check(Encode(Check(%q))) = %q: %v", b, b2, err)
 		}
 	})
 }
