@@ -123,6 +123,22 @@ type reconciler struct {
 	unknownSince map[string]time.Time
 	// overSince records since when a node has been at full capacity.
 	overSince map[string]time.Time
+	// refused remembers members whose identity check failed, so the
+	// warning is logged once per member and reason.
+	refused map[string]string
+}
+
+// refuseAdmission logs, once per member and reason, that a gossip member
+// was not made a raft server.
+func (r *reconciler) refuseAdmission(id string, err error) {
+	if r.refused == nil {
+		r.refused = make(map[string]string)
+	}
+	if r.refused[id] == err.Error() {
+		return
+	}
+	r.refused[id] = err.Error()
+	r.n.logger.Warn("not admitting gossip member as a raft server: identity not proven", "id", id, "error", err)
 }
 
 // reconcile makes the raft configuration and the FSM node registry follow
@@ -156,6 +172,13 @@ func (r *reconciler) reconcile(ctx context.Context) error {
 		switch m.State {
 		case membership.StateAlive, membership.StateSuspect:
 			if ok && string(srv.Address) == m.RPCAddr {
+				break
+			}
+			// Gossip alone admits no one: the node must prove on its
+			// cluster port that it is m.ID (with TLS, by a certificate of
+			// the cluster CA naming it).
+			if err := n.verifyIdentity(ctx, m.ID, m.RPCAddr); err != nil {
+				r.refuseAdmission(m.ID, err)
 				break
 			}
 			if ok {

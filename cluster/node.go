@@ -13,7 +13,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/rpc"
 	"os"
 	"path/filepath"
 	"strings"
@@ -45,7 +44,9 @@ type Node struct {
 	store     *raftboltdb.BoltStore
 	transport *raft.NetworkTransport
 	mux       *mux
+	tls       *tlsConfigurator // nil: plaintext cluster port
 	pool      *rpcPool
+	probe     *http.Client // leader's liveness pings
 	members   *membership.Membership
 
 	internal        *http.Server // internal HTTP on the cluster port
@@ -146,18 +147,25 @@ func New(cfg Config) (_ *Node, err error) {
 		ln.Close()
 		return nil, fmt.Errorf("resolve rpc advertise address: %w", err)
 	}
-	srv := rpc.NewServer()
-	if err := srv.RegisterName("Cluster", &rpcService{n: n}); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("register rpc service: %w", err)
+	if cfg.TLSCAFile != "" || cfg.TLSCertFile != "" || cfg.TLSKeyFile != "" {
+		if n.tls, err = newTLSConfigurator(cfg.TLSCAFile, cfg.TLSCertFile, cfg.TLSKeyFile, n.id, n.logger); err != nil {
+			ln.Close()
+			return nil, err
+		}
 	}
-	n.mux = newMux(ln, advAddr, n.logger, serveRPC(srv))
-	n.pool = newRPCPool(2 * time.Second)
+	n.mux = newMux(muxConfig{
+		ln: ln, advertise: advAddr, logger: n.logger, tls: n.tls,
+		authorize: n.authorizePeer, rpc: n.serveRPC, maxPerIP: cfg.MaxConnsPerIP,
+	})
+	n.pool = newRPCPool(2*time.Second, func(addr string, timeout time.Duration) (net.Conn, error) {
+		return n.dial(addr, connRPC, "", timeout)
+	})
+	n.probe = n.newProbeClient()
 	n.goFunc(n.mux.serve)
 	n.serveInternalHTTP()
 
 	n.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
-		Stream:  raftLayer{m: n.mux},
+		Stream:  raftLayer{m: n.mux, dial: n.dial},
 		MaxPool: 3,
 		Timeout: 10 * time.Second,
 		Logger:  newHclog(cfg.Logger, "raft-net", cfg.LogLevel),
@@ -192,6 +200,7 @@ func New(cfg Config) (_ *Node, err error) {
 	mc.Join = cfg.Join
 	mc.Profile = cfg.GossipProfile
 	mc.SecretKey = cfg.GossipKey
+	mc.KeyringFile = filepath.Join(cfg.DataDir, "gossip-keyring.json")
 	mc.Logger = n.logger.With("component", "gossip")
 	mc.Meta = membership.Meta{
 		ID:       n.id,
@@ -263,6 +272,7 @@ const pingPath = "/v1/internal/ping"
 // whatever ServeInternal adds.
 func (n *Node) serveInternalHTTP() {
 	n.internal = &http.Server{
+		ConnContext: connContext,
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.URL.Path == pingPath {
 				w.WriteHeader(http.StatusOK)
@@ -560,7 +570,7 @@ func (n *Node) suspect(id, from string) {
 	n.unreachMu.Lock()
 	already := n.unreachable[id]
 	n.unreachMu.Unlock()
-	if already || reachable(m.RPCAddr) {
+	if already || n.reachable(m.RPCAddr) {
 		return
 	}
 	n.unreachMu.Lock()
@@ -596,7 +606,7 @@ func (n *Node) isUnreachable(id, rpcAddr string) bool {
 	if !marked {
 		return false
 	}
-	if reachable(rpcAddr) {
+	if n.reachable(rpcAddr) {
 		n.unreachMu.Lock()
 		delete(n.unreachable, id)
 		n.unreachMu.Unlock()
@@ -606,13 +616,9 @@ func (n *Node) isUnreachable(id, rpcAddr string) bool {
 	return true
 }
 
-// probeClient pings nodes; no connection reuse, so a dead peer is not
-// mistaken for a pooled connection's stale state.
-var probeClient = &http.Client{Timeout: probeTimeout, Transport: &http.Transport{DisableKeepAlives: true}}
-
 // reachable reports whether the node at addr answers its ping in time.
-func reachable(addr string) bool {
-	resp, err := probeClient.Get("http://" + addr + pingPath)
+func (n *Node) reachable(addr string) bool {
+	resp, err := n.probe.Get("http://" + addr + pingPath)
 	if err != nil {
 		return false
 	}

@@ -50,8 +50,22 @@ type UnreachableArgs struct{ ID, From string }
 // UnreachableReply is the leader's answer to UnreachableArgs.
 type UnreachableReply struct{ NotLeader bool }
 
-// rpcService is the node-to-node RPC surface, registered as "Cluster".
-type rpcService struct{ n *Node }
+// rpcService is the node-to-node RPC surface, registered as "Cluster",
+// one per connection.
+type rpcService struct {
+	n *Node
+	// peer is the node id the caller proved with its certificate ("" in
+	// plaintext, where nothing is proven).
+	peer string
+}
+
+// speaksFor refuses a request made in another node's name.
+func (s *rpcService) speaksFor(id string) error {
+	if s.peer != "" && s.peer != id {
+		return fmt.Errorf("node %q may not act for node %q", s.peer, id)
+	}
+	return nil
+}
 
 // ReadIndex returns the leader's commit index, after confirming leadership
 // with a quorum when the read is linearizable.
@@ -79,6 +93,9 @@ func (s *rpcService) Peers(_ PeersArgs, reply *PeersReply) error {
 
 // RemovePeer removes a server from the raft configuration (a graceful leave).
 func (s *rpcService) RemovePeer(args RemovePeerArgs, reply *RemovePeerReply) error {
+	if err := s.speaksFor(args.ID); err != nil {
+		return err
+	}
 	if s.n.raft.State() != raft.Leader {
 		reply.NotLeader = true
 		return nil
@@ -97,6 +114,9 @@ func (s *rpcService) RemovePeer(args RemovePeerArgs, reply *RemovePeerReply) err
 // Unreachable takes a report that a node refused a connection; the leader
 // checks it and, if confirmed, stops placing providers there at once.
 func (s *rpcService) Unreachable(args UnreachableArgs, reply *UnreachableReply) error {
+	if err := s.speaksFor(args.From); err != nil {
+		return err
+	}
 	if s.n.raft.State() != raft.Leader {
 		reply.NotLeader = true
 		return nil
@@ -110,11 +130,12 @@ type rpcPool struct {
 	mu          sync.Mutex
 	clients     map[string]*rpc.Client
 	dialTimeout time.Duration
+	dial        func(addr string, timeout time.Duration) (net.Conn, error)
 	closed      bool
 }
 
-func newRPCPool(dialTimeout time.Duration) *rpcPool {
-	return &rpcPool{clients: make(map[string]*rpc.Client), dialTimeout: dialTimeout}
+func newRPCPool(dialTimeout time.Duration, dial func(addr string, timeout time.Duration) (net.Conn, error)) *rpcPool {
+	return &rpcPool{clients: make(map[string]*rpc.Client), dialTimeout: dialTimeout, dial: dial}
 }
 
 var errPoolClosed = errors.New("rpc pool closed")
@@ -135,11 +156,11 @@ func (p *rpcPool) client(ctx context.Context, addr string) (*rpc.Client, error) 
 	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < timeout {
 		timeout = time.Until(dl)
 	}
-	conn, err := dialCluster(addr, connRPC, timeout)
+	conn, err := p.dial(addr, timeout)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}
-	c := rpc.NewClient(conn)
+	c := newRPCClient(conn)
 
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -199,8 +220,4 @@ func (p *rpcPool) close() {
 		c.Close()
 		delete(p.clients, addr)
 	}
-}
-
-func serveRPC(srv *rpc.Server) func(net.Conn) {
-	return func(conn net.Conn) { srv.ServeConn(conn) }
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	mcplib "github.com/mark3labs/mcp-go/mcp"
+	"github.com/mcpcluster/mcpcluster/cluster"
 )
 
 // A forwarded call travels as HTTP on the peer's cluster port (never the
@@ -86,6 +87,10 @@ func (h *internalHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var req callRequest
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxForwardBody)).Decode(&req); err != nil {
 		http.Error(w, "bad forwarded call: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	if peer, ok := cluster.PeerFromContext(r.Context()); ok && req.From != peer {
+		http.Error(w, fmt.Sprintf("forwarded call from node %q claims to come from %q", peer, req.From), http.StatusForbidden)
 		return
 	}
 	var params mcplib.CallToolParams
@@ -189,9 +194,11 @@ type forwarder struct {
 	client *http.Client
 }
 
-func newForwarder(node string) *forwarder {
+func newForwarder(node string, dial func(ctx context.Context, addr string) (net.Conn, error)) *forwarder {
 	tr := &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			return dial(ctx, addr)
+		},
 		MaxIdleConns:        1024,
 		MaxIdleConnsPerHost: 256,
 		IdleConnTimeout:     90 * time.Second,

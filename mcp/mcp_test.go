@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -91,7 +92,9 @@ var discard = slog.New(slog.DiscardHandler)
 func forwardTo(t *testing.T, run runnerFunc) (*forwarder, string) {
 	srv := httptest.NewServer(&internalHandler{node: "holder", run: run, logger: discard})
 	t.Cleanup(srv.Close)
-	f := newForwarder("caller")
+	f := newForwarder("caller", func(ctx context.Context, addr string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+	})
 	t.Cleanup(f.close)
 	return f, strings.TrimPrefix(srv.URL, "http://")
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -32,6 +33,9 @@ type Cluster interface {
 	ReportUnreachable(id string)
 	// SetLoad gossips the calls running on this node.
 	SetLoad(inflight int) error
+	// DialInternal connects to a peer's internal HTTP on its cluster
+	// port (mutual TLS when the cluster has it).
+	DialInternal(ctx context.Context, addr string) (net.Conn, error)
 	Cache
 }
 
@@ -185,7 +189,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.front = newLimiter(cfg.MaxConcurrent, cfg.MaxQueue)
 	s.exec = newLimiter(cfg.MaxConcurrent, 0)
-	s.fwd = newForwarder(s.node)
+	s.fwd = newForwarder(s.node, cfg.Cluster.DialInternal)
 	s.router = &router{s: s}
 	s.sessions = newSessionStore(cfg.Cluster, cfg.SessionIdleTTL, s.logger)
 	s.mcp = server.NewMCPServer("mcpcluster", Version,
