@@ -38,6 +38,9 @@ type Membership struct {
 	joined atomic.Bool
 	left   atomic.Bool
 
+	keyMu   sync.Mutex          // serialises keyring changes
+	keyring *memberlist.Keyring // nil: gossip is not encrypted
+
 	updateMu sync.Mutex   // serialises UpdateMeta
 	lifeMu   sync.RWMutex // Leave/Shutdown exclusive; UpdateMeta shared
 	shutdown bool         // guarded by lifeMu
@@ -149,7 +152,14 @@ func New(cfg Config) (*Membership, error) {
 	mc.Delegate, mc.Events = d, d
 	mc.LogOutput = logw
 	mc.DeadNodeReclaimTime = deadNodeReclaimTime
-	mc.SecretKey = cfg.SecretKey
+	if m.keyring, err = loadKeyring(cfg.KeyringFile, cfg.SecretKey, m.logger.Info); err != nil {
+		_ = nt.Shutdown()
+		return nil, fmt.Errorf("membership: %w", err)
+	}
+	if m.keyring != nil {
+		mc.Keyring = m.keyring
+		mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
+	}
 	if m.ml, err = memberlist.Create(mc); err != nil {
 		_ = nt.Shutdown()
 		return nil, fmt.Errorf("membership: create memberlist: %w", err)

@@ -133,7 +133,13 @@ type Config struct {
 	// Meta is the initial metadata; its ID is forced to NodeID.
 	Meta Meta
 	// SecretKey is the optional gossip encryption key (16, 24 or 32 bytes).
+	// With it, gossip is encrypted (AES-GCM) and unencrypted messages are
+	// refused in both directions.
 	SecretKey []byte
+	// KeyringFile, if set, persists the gossip keyring (JSON, mode 0600)
+	// so that key rotations survive restarts; a keyring found there takes
+	// precedence over SecretKey, and encrypts gossip even without it.
+	KeyringFile string
 	// Logger receives this package's and memberlist's logs. Nil discards.
 	Logger *slog.Logger
 	// EventBuffer is the capacity of the Events channel. Default 256.
