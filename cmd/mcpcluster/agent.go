@@ -53,7 +53,7 @@ func NewAgent(cfg AgentConfig, logger *slog.Logger) (_ *Agent, err error) {
 		}
 	}()
 	if where, missing := a.cfg.insecurity(); where != "" {
-		logger.Warn("running on a non-loopback address without "+missing+" (--insecure)", "address", where)
+		logger.Warn("--insecure: running on a non-loopback address without "+missing, "address", where)
 	}
 	if cfg.Dev && cfg.DataDir == "" {
 		dir, err := os.MkdirTemp("", "mcpcluster-dev-")

@@ -22,6 +22,7 @@ import (
 	"github.com/mark3labs/mcp-go/client/transport"
 	mcplib "github.com/mark3labs/mcp-go/mcp"
 	"github.com/mark3labs/mcp-go/server"
+	"github.com/mcpcluster/mcpcluster/cluster"
 	"github.com/mcpcluster/mcpcluster/mcp"
 )
 
@@ -51,7 +52,8 @@ type benchConfig struct {
 	killPID     int
 	killAfter   time.Duration
 	baseline    bool
-	progress    io.Writer // live progress line; nil for none
+	token       cluster.Token // admin API token of the cache scenarios
+	progress    io.Writer     // live progress line; nil for none
 }
 
 func parseBenchFlags(args []string, stderr io.Writer) (benchConfig, bool, error) {
@@ -76,6 +78,7 @@ func parseBenchFlags(args []string, stderr io.Writer) (benchConfig, bool, error)
 	fs.DurationVar(&c.killAfter, "kill-after", 3*time.Second, "failover: when to kill --kill-pid")
 	fs.BoolVar(&c.baseline, "baseline", false, "also run against a bare mcp-go server with the built-in tools, in process, and print the ratio")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
+	token := tokenFlag(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprint(stderr, benchUsage)
@@ -124,6 +127,7 @@ func parseBenchFlags(args []string, stderr io.Writer) (benchConfig, bool, error)
 		c.rate = 200
 	}
 	c.name = c.scenario
+	c.token = token()
 	return c, *asJSON, nil
 }
 
@@ -145,6 +149,9 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	defer stop()
 	if err := preflight(ctx, cfg); err != nil {
 		return usageError{err}
+	}
+	if err := checkCacheAccess(ctx, cfg); err != nil {
+		return err
 	}
 	res, err := benchWithBaseline(ctx, cfg)
 	if err != nil {
@@ -248,6 +255,39 @@ func preflight(ctx context.Context, cfg benchConfig) error {
 			}
 		}
 		return fmt.Errorf("tool %q is not in the cluster's catalog (%d tools; mcpcluster tools lists them)", cfg.tool, len(list.Tools))
+	}
+	return nil
+}
+
+// checkCacheAccess fails fast when a cache scenario's token is missing or
+// may not write: one write of bench/preflight on every target.
+func checkCacheAccess(ctx context.Context, cfg benchConfig) error {
+	kind := cfg.scenario
+	if kind == "failover" {
+		kind = cfg.op
+	}
+	if kind != "cache-set" && kind != "cache-get" {
+		return nil
+	}
+	for _, t := range cfg.targets {
+		cctx, cancel := context.WithTimeout(ctx, cfg.timeout)
+		req, err := http.NewRequestWithContext(cctx, http.MethodPut, t+"/v1/cache/bench/preflight", strings.NewReader("x"))
+		if err != nil {
+			cancel()
+			return err
+		}
+		setToken(req, cfg.token)
+		resp, err := benchHTTP.Do(req)
+		if err != nil {
+			cancel()
+			return fmt.Errorf("node at %s: %v", strings.TrimPrefix(t, "http://"), rootCause(err))
+		}
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		resp.Body.Close()
+		cancel()
+		if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {
+			return apiError(strings.TrimPrefix(t, "http://"), resp, body)
+		}
 	}
 	return nil
 }
@@ -358,25 +398,26 @@ func newOp(ctx context.Context, cfg benchConfig, w int) (opFunc, func(), error) 
 		value := strings.Repeat("v", cfg.valueSize)
 		var i atomic.Int64
 		return func(ctx context.Context) error {
-			return httpDo(ctx, http.MethodPut, fmt.Sprintf("%s/v1/cache/bench/%d/%d", target, w, i.Add(1)), value)
+			return httpDo(ctx, cfg.token, http.MethodPut, fmt.Sprintf("%s/v1/cache/bench/%d/%d", target, w, i.Add(1)), value)
 		}, func() {}, nil
 	case "cache-get":
 		key := fmt.Sprintf("%s/v1/cache/bench/get/%d", target, w)
-		if err := httpDo(ctx, http.MethodPut, key, "value"); err != nil {
+		if err := httpDo(ctx, cfg.token, http.MethodPut, key, "value"); err != nil {
 			return nil, nil, fmt.Errorf("seed %s: %w", key, err)
 		}
 		return func(ctx context.Context) error {
-			return httpDo(ctx, http.MethodGet, key+"?consistency="+cfg.consistency, "")
+			return httpDo(ctx, cfg.token, http.MethodGet, key+"?consistency="+cfg.consistency, "")
 		}, func() {}, nil
 	}
 	return nil, nil, fmt.Errorf("unknown scenario %q", kind)
 }
 
-func httpDo(ctx context.Context, method, url, body string) error {
+func httpDo(ctx context.Context, token cluster.Token, method, url, body string) error {
 	req, err := http.NewRequestWithContext(ctx, method, url, strings.NewReader(body))
 	if err != nil {
 		return err
 	}
+	setToken(req, token)
 	resp, err := benchHTTP.Do(req)
 	if err != nil {
 		return err

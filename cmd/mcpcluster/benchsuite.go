@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/mcpcluster/mcpcluster/cluster"
 )
 
 // runBenchSuite is `mcpcluster bench suite` (make bench): it starts a local
@@ -72,7 +74,8 @@ func runBenchSuite(args []string, stdout, stderr io.Writer) error {
 	url := func(i int) string { return "http://" + lc.addr(i, 0) }
 	all := []string{url(0), url(1), url(2)}
 	base := benchConfig{protocol: legacyProtocol, concurrency: 16, duration: *duration, timeout: 10 * time.Second,
-		consistency: "linearizable", valueSize: 100, args: map[string]any{"text": "hello"}}
+		consistency: "linearizable", valueSize: 100, args: map[string]any{"text": "hello"},
+		token: cluster.Token(os.Getenv("MCPCLUSTER_ADMIN_TOKEN"))} // the nodes inherit it
 
 	holder, leader, err := lc.roles(ctx, "pinned_echo")
 	if err != nil {
@@ -230,8 +233,11 @@ func (lc *localCluster) revive(ctx context.Context, i int) error {
 	return lc.waitReady(ctx, 60*time.Second)
 }
 
+// getJSON reads an admin endpoint of a node the suite started (with the
+// suite's environment, so MCPCLUSTER_ADMIN_TOKEN if set).
 func getJSON(ctx context.Context, url string, v any) error {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	setToken(req, cluster.Token(os.Getenv("MCPCLUSTER_ADMIN_TOKEN")))
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return err

@@ -23,6 +23,10 @@ const cacheUsage = `Usage: mcpcluster cache <get|set|del|list> [flags] [KEY [VAL
   set KEY [VALUE]    write VALUE, or standard input without it (--ttl 30s, --cas N)
   del KEY            delete (--cas N)
   list               list keys (--prefix P, --after K, --limit N)
+
+  --http-addr ADDR   a node (env MCPCLUSTER_HTTP_ADDR; default 127.0.0.1:8700)
+  --token TOKEN      admin API token (env MCPCLUSTER_ADMIN_TOKEN); get and list
+                     need read access, set and del write access
 `
 
 // runCache is `mcpcluster cache`: the shared cache from the command line.
@@ -55,6 +59,7 @@ func runCache(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	after := fs.String("after", "", "list: keys after this one")
 	limit := fs.Int("limit", 100, "list: at most this many")
 	timeout := fs.Duration("timeout", 10*time.Second, "how long to wait for the node")
+	token := tokenFlag(fs)
 	// Flags may come before or after the key.
 	var pos []string
 	for {
@@ -146,6 +151,7 @@ func runCache(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	setToken(req, token())
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return fmt.Errorf("node at %s: %w", *addr, err)
@@ -154,6 +160,9 @@ func runCache(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	out, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
 		return fmt.Errorf("read answer: %w", err)
+	}
+	if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {
+		return apiError(*addr, resp, out)
 	}
 	if resp.StatusCode/100 != 2 {
 		var e struct {

@@ -20,6 +20,47 @@ type clientFlags struct {
 	addr    string
 	json    bool
 	timeout time.Duration
+	token   cluster.Token
+}
+
+const tokenUsage = "admin API token (default: env MCPCLUSTER_ADMIN_TOKEN)"
+
+// tokenFlag registers --token on fs; the returned func gives its value, or
+// MCPCLUSTER_ADMIN_TOKEN when the flag is not set. (The env value is not
+// the flag's default, so -h does not print it.)
+func tokenFlag(fs *flag.FlagSet) func() cluster.Token {
+	var tok string
+	fs.StringVar(&tok, "token", "", tokenUsage)
+	return func() cluster.Token {
+		if tok == "" {
+			tok = os.Getenv("MCPCLUSTER_ADMIN_TOKEN")
+		}
+		return cluster.Token(tok)
+	}
+}
+
+// setToken adds the admin token to req, if there is one.
+func setToken(req *http.Request, tok cluster.Token) {
+	if tok != "" {
+		req.Header.Set("Authorization", "Bearer "+string(tok))
+	}
+}
+
+// apiError is the error of a non-2xx answer: the node's JSON error in one
+// line, with a hint on 401 and 403.
+func apiError(addr string, resp *http.Response, body []byte) error {
+	var e struct{ Error string }
+	msg := resp.Status
+	if json.Unmarshal(body, &e) == nil && e.Error != "" {
+		msg = strings.ReplaceAll(e.Error, "\n", " ")
+	}
+	switch resp.StatusCode {
+	case http.StatusUnauthorized:
+		return fmt.Errorf("node at %s: %s (HTTP 401; pass --token or set MCPCLUSTER_ADMIN_TOKEN)", addr, msg)
+	case http.StatusForbidden:
+		return fmt.Errorf("node at %s: %s (HTTP 403)", addr, msg)
+	}
+	return fmt.Errorf("node at %s: %s", addr, msg)
 }
 
 func parseClientFlags(name string, args []string, stderr io.Writer) (clientFlags, error) {
@@ -32,6 +73,7 @@ func parseClientFlags(name string, args []string, stderr io.Writer) (clientFlags
 	fs.StringVar(&c.addr, "http-addr", def, "HTTP address of a node (env MCPCLUSTER_HTTP_ADDR)")
 	fs.BoolVar(&c.json, "json", false, "print the raw JSON answer")
 	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "how long to wait for the node")
+	token := tokenFlag(fs)
 	fs.SetOutput(io.Discard)
 	if err := fs.Parse(args); err != nil {
 		if err == flag.ErrHelp {
@@ -47,6 +89,7 @@ func parseClientFlags(name string, args []string, stderr io.Writer) (clientFlags
 	if err := checkHostPort(strings.TrimPrefix(c.addr, "http://"), false); err != nil {
 		return c, usagef("-http-addr %q: %v", c.addr, err)
 	}
+	c.token = token()
 	return c, nil
 }
 
@@ -62,6 +105,7 @@ func (c clientFlags) call(method, path string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	setToken(req, c.token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("node at %s: %w", c.addr, err)
@@ -72,11 +116,7 @@ func (c clientFlags) call(method, path string) ([]byte, error) {
 		return nil, fmt.Errorf("read answer: %w", err)
 	}
 	if resp.StatusCode/100 != 2 {
-		var e struct{ Error string }
-		if json.Unmarshal(body, &e) == nil && e.Error != "" {
-			return nil, fmt.Errorf("node at %s: %s", c.addr, e.Error)
-		}
-		return nil, fmt.Errorf("node at %s: %s", c.addr, resp.Status)
+		return nil, apiError(c.addr, resp, body)
 	}
 	return body, nil
 }
