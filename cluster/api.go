@@ -101,7 +101,8 @@ func DefaultAPIConfig() APIConfig { return APIConfig{} }
 // API serves the node's admin endpoints: /healthz and /readyz (open), the
 // reads /v1/status, /v1/fsm/hash, /v1/catalog, /v1/cache (list) and
 // /v1/cache/{key}, and the writes PUT and DELETE /v1/cache/{key},
-// /v1/agent/leave, /v1/agent/snapshot and /v1/agent/transfer-leadership.
+// /v1/agent/leave, /v1/agent/snapshot, /v1/agent/transfer-leadership and
+// the keyring operations under /v1/operator/keyring.
 type API struct {
 	n   *Node
 	cfg APIConfig
@@ -129,6 +130,7 @@ func NewAPI(n *Node, cfg APIConfig) *API {
 	a.handle("POST /v1/agent/leave", AccessWrite, a.leave)
 	a.handle("POST /v1/agent/snapshot", AccessWrite, a.snapshot)
 	a.handle("POST /v1/agent/transfer-leadership", AccessWrite, a.transferLeadership)
+	a.keyringRoutes()
 	return a
 }
 

@@ -138,6 +138,8 @@ var adminRoutes = []route{
 	{"DELETE", "/v1/cache/k", true},
 	{"POST", "/v1/agent/snapshot", true},
 	{"POST", "/v1/agent/transfer-leadership", true},
+	{"GET", "/v1/operator/keyring", true},
+	{"POST", "/v1/operator/keyring/install", true},
 	{"POST", "/v1/agent/leave", true},
 }
 
