@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/mcpcluster/mcpcluster/fsm"
@@ -27,6 +28,20 @@ func DefaultCacheConfig() CacheConfig {
 
 // ErrInvalid marks a cache request rejected before anything was written.
 var ErrInvalid = errors.New("invalid cache request")
+
+// InternalKeyPrefix starts the cache keys the cluster keeps for its own use,
+// such as the MCP front door's cached tool results. The public writes
+// (CacheSet, CacheDelete: the HTTP API and the cache tools) refuse them, so
+// nobody can plant a result that other principals then receive; the node's
+// own code writes them with CacheSetInternal. Reads are not restricted here:
+// the admin API may read them, the MCP cache tools refuse to.
+const InternalKeyPrefix = "mcpcluster/"
+
+// IsInternalKey reports whether key is reserved for the cluster's own use.
+func IsInternalKey(key string) bool { return strings.HasPrefix(key, InternalKeyPrefix) }
+
+// errReservedKey is the refusal of an internal key by a public operation.
+var errReservedKey = fmt.Errorf("%w: key prefix %s is reserved for the cluster's own use", ErrInvalid, InternalKeyPrefix)
 
 // SetOptions are the conditions and lifetime of a cache write.
 type SetOptions struct {
@@ -104,8 +119,26 @@ func (n *Node) CacheList(ctx context.Context, prefix, after string, limit int, l
 }
 
 // CacheSet writes key=value through raft. The result's Err is
-// fsm.ErrCASMismatch when a condition failed.
+// fsm.ErrCASMismatch when a condition failed. A key under
+// InternalKeyPrefix is refused (ErrInvalid).
 func (n *Node) CacheSet(ctx context.Context, key string, value []byte, opt SetOptions) (*fsm.Result, error) {
+	if IsInternalKey(key) {
+		return nil, errReservedKey
+	}
+	return n.cacheSet(ctx, key, value, opt)
+}
+
+// CacheSetInternal is CacheSet for the cluster's own keys: key must start
+// with InternalKeyPrefix. It is for code inside the node (the MCP front
+// door's result cache), never for what a client sends.
+func (n *Node) CacheSetInternal(ctx context.Context, key string, value []byte, opt SetOptions) (*fsm.Result, error) {
+	if !IsInternalKey(key) {
+		return nil, fmt.Errorf("%w: internal key %q does not start with %s", ErrInvalid, key, InternalKeyPrefix)
+	}
+	return n.cacheSet(ctx, key, value, opt)
+}
+
+func (n *Node) cacheSet(ctx context.Context, key string, value []byte, opt SetOptions) (*fsm.Result, error) {
 	if err := n.checkKey(key); err != nil {
 		return nil, err
 	}
@@ -128,8 +161,13 @@ func (n *Node) CacheSet(ctx context.Context, key string, value []byte, opt SetOp
 }
 
 // CacheDelete deletes key through raft (conditions as CacheSet; TTL unused).
-// The result's Err is fsm.ErrNotFound for a missing key.
+// The result's Err is fsm.ErrNotFound for a missing key. A key under
+// InternalKeyPrefix is refused (ErrInvalid); internal entries leave by
+// their TTL or by eviction.
 func (n *Node) CacheDelete(ctx context.Context, key string, opt SetOptions) (*fsm.Result, error) {
+	if IsInternalKey(key) {
+		return nil, errReservedKey
+	}
 	if err := n.checkKey(key); err != nil {
 		return nil, err
 	}

@@ -15,15 +15,25 @@ import (
 	"github.com/mcpcluster/mcpcluster/fsm"
 )
 
-// Cache is the shared cache as tools see it.
-type Cache interface {
+// ToolCache is the shared cache as the cache tools see it.
+type ToolCache interface {
 	CacheGet(ctx context.Context, key string, level cluster.Consistency) (fsm.CacheEntry, cluster.ReadInfo, error)
 	CacheSet(ctx context.Context, key string, value []byte, opt cluster.SetOptions) (*fsm.Result, error)
 	CacheDelete(ctx context.Context, key string, opt cluster.SetOptions) (*fsm.Result, error)
 }
 
-// CacheTools returns cache_get, cache_set and cache_delete over c.
-func CacheTools(c Cache) []server.ServerTool {
+// Cache is the shared cache as the front door uses it: what the tools see,
+// and the writes of the tool-result cache under cluster.InternalKeyPrefix,
+// which CacheSet refuses.
+type Cache interface {
+	ToolCache
+	CacheSetInternal(ctx context.Context, key string, value []byte, opt cluster.SetOptions) (*fsm.Result, error)
+}
+
+// CacheTools returns cache_get, cache_set and cache_delete over c. They
+// refuse keys under cluster.InternalKeyPrefix, reads included: those hold
+// other principals' cached tool results.
+func CacheTools(c ToolCache) []server.ServerTool {
 	get := mcplib.NewTool("cache_get",
 		mcplib.WithDescription("Reads a key of the cluster's shared cache. consistency: linearizable (default), default or stale."),
 		mcplib.WithString("key", mcplib.Required()),
@@ -46,9 +56,9 @@ func CacheTools(c Cache) []server.ServerTool {
 	)
 	return []server.ServerTool{
 		{Tool: get, Handler: func(ctx context.Context, req mcplib.CallToolRequest) (*mcplib.CallToolResult, error) {
-			key, err := req.RequireString("key")
-			if err != nil {
-				return mcplib.NewToolResultError(err.Error()), nil
+			key, msg := toolKey(req)
+			if msg != "" {
+				return mcplib.NewToolResultError(msg), nil
 			}
 			level, err := cluster.ParseConsistency(req.GetString("consistency", ""))
 			if err != nil {
@@ -68,9 +78,9 @@ func CacheTools(c Cache) []server.ServerTool {
 			return res, nil
 		}},
 		{Tool: set, Handler: func(ctx context.Context, req mcplib.CallToolRequest) (*mcplib.CallToolResult, error) {
-			key, err := req.RequireString("key")
-			if err != nil {
-				return mcplib.NewToolResultError(err.Error()), nil
+			key, msg := toolKey(req)
+			if msg != "" {
+				return mcplib.NewToolResultError(msg), nil
 			}
 			value, err := req.RequireString("value")
 			if err != nil {
@@ -84,9 +94,9 @@ func CacheTools(c Cache) []server.ServerTool {
 			return writeToolResult(key, res, err)
 		}},
 		{Tool: del, Handler: func(ctx context.Context, req mcplib.CallToolRequest) (*mcplib.CallToolResult, error) {
-			key, err := req.RequireString("key")
-			if err != nil {
-				return mcplib.NewToolResultError(err.Error()), nil
+			key, msg := toolKey(req)
+			if msg != "" {
+				return mcplib.NewToolResultError(msg), nil
 			}
 			opt, msg := toolWriteOptions(req, false)
 			if msg != "" {
@@ -96,6 +106,19 @@ func CacheTools(c Cache) []server.ServerTool {
 			return writeToolResult(key, res, err)
 		}},
 	}
+}
+
+// toolKey reads the key argument of a cache tool; a non-empty message is
+// the tool error. Internal keys are refused.
+func toolKey(req mcplib.CallToolRequest) (string, string) {
+	key, err := req.RequireString("key")
+	if err != nil {
+		return "", err.Error()
+	}
+	if cluster.IsInternalKey(key) {
+		return "", fmt.Sprintf("key prefix %s is reserved for the cluster's own use", cluster.InternalKeyPrefix)
+	}
+	return key, ""
 }
 
 // toolWriteOptions reads ttl and cas; a non-empty message is the tool error.
@@ -138,6 +161,10 @@ func writeToolResult(key string, res *fsm.Result, err error) (*mcplib.CallToolRe
 	return out, nil
 }
 
+// resultPrefix starts the cache keys of tool results: internal keys, which
+// neither the cache API nor the cache tools write.
+const resultPrefix = cluster.InternalKeyPrefix + "result/"
+
 // resultKey is the cache key of a tool's result for these arguments: the
 // tool name and a hash of the arguments' canonical JSON (object keys
 // sorted, as encoding/json writes maps).
@@ -147,7 +174,7 @@ func resultKey(tool string, args any) (string, error) {
 		return "", fmt.Errorf("encode arguments: %w", err)
 	}
 	sum := sha256.Sum256(b)
-	return "mcpcluster/result/" + tool + "/" + hex.EncodeToString(sum[:]), nil
+	return resultPrefix + tool + "/" + hex.EncodeToString(sum[:]), nil
 }
 
 // cacheTTL returns how long results of tool name are cached (the tool's
@@ -189,7 +216,7 @@ func (s *Server) cachedResult(ctx context.Context, key string) (*mcplib.CallTool
 func (s *Server) storeResult(ctx context.Context, key string, res *mcplib.CallToolResult, ttl time.Duration) {
 	b, err := json.Marshal(res)
 	if err == nil {
-		_, err = s.cfg.Cluster.CacheSet(ctx, key, b, cluster.SetOptions{TTL: ttl})
+		_, err = s.cfg.Cluster.CacheSetInternal(ctx, key, b, cluster.SetOptions{TTL: ttl})
 	}
 	if err != nil {
 		s.logger.Debug("tool result not cached", "key", key, "error", err)
