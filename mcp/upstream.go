@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -41,18 +43,36 @@ type upstream struct {
 }
 
 // NewStdio returns a provider that runs command (argv) as an MCP server on
-// stdio. env entries (KEY=VALUE) are added to the node's environment. The
-// command dies with the node.
+// stdio. The command dies with the node.
+//
+// The command does not inherit the node's environment, which holds the
+// node's secrets (MCPCLUSTER_ADMIN_TOKEN, MCPCLUSTER_ENCRYPT,
+// MCPCLUSTER_AUTH_TOKENS, ...): it gets the node's values of the few
+// variables in inheritedEnv, then env (KEY=VALUE entries declared for the
+// provider; a declared entry wins over an inherited one). A declared
+// MCPCLUSTER_* entry is passed, since the operator wrote it for this
+// provider, and logged as a warning; nothing else named MCPCLUSTER_* ever
+// is.
 func NewStdio(name string, command []string, env []string, logger *slog.Logger) (Provider, error) {
 	if len(command) == 0 || command[0] == "" {
 		return nil, fmt.Errorf("provider %q: empty command", name)
 	}
+	childEnv, err := upstreamEnv(os.Environ(), env)
+	if err != nil {
+		return nil, fmt.Errorf("provider %q: %w", name, err)
+	}
 	u := newUpstream(name, logger)
+	for _, kv := range env {
+		if strings.HasPrefix(kv, nodeEnvPrefix) {
+			k, _, _ := strings.Cut(kv, "=")
+			u.logger.Warn("provider env declares a variable of the node's own; the upstream gets it", "name", k)
+		}
+	}
 	u.dial = func() (*client.Client, error) {
-		tr := transport.NewStdioWithOptions(command[0], env, command[1:],
+		tr := transport.NewStdioWithOptions(command[0], childEnv, command[1:],
 			transport.WithCommandFunc(func(ctx context.Context, cmd string, env []string, args []string) (*exec.Cmd, error) {
 				c := exec.CommandContext(ctx, cmd, args...)
-				c.Env = append(c.Environ(), env...)
+				c.Env = append([]string{}, env...) // never nil: nil would inherit the node's environment
 				c.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 				return c, nil
 			}),
@@ -64,6 +84,43 @@ func NewStdio(name string, command []string, env []string, logger *slog.Logger) 
 		return client.NewClient(tr, client.WithProtocolVersion(upstreamProtocol)), nil
 	}
 	return u, nil
+}
+
+// inheritedEnv names the variables a stdio upstream gets from the node's
+// environment, where set: what a program needs to find binaries, its home,
+// its user, locale, time zone and temporary directory.
+var inheritedEnv = []string{"PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR", "SHELL", "TERM"}
+
+// nodeEnvPrefix starts the names of the node's own variables.
+const nodeEnvPrefix = "MCPCLUSTER_"
+
+// upstreamEnv returns the environment of a stdio upstream: the inheritedEnv
+// variables of environ (the node's), then declared, each KEY=VALUE; a
+// declared key replaces an inherited one, and a later declared entry an
+// earlier one. The result is never nil.
+func upstreamEnv(environ, declared []string) ([]string, error) {
+	keys := map[string]bool{}
+	for _, kv := range declared {
+		k, _, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("env entry %q is not KEY=VALUE", kv)
+		}
+		keys[k] = true
+	}
+	out := []string{}
+	for _, kv := range environ {
+		k, _, _ := strings.Cut(kv, "=")
+		if slices.Contains(inheritedEnv, k) && !keys[k] {
+			out = append(out, kv)
+		}
+	}
+	for i, kv := range declared {
+		k, _, _ := strings.Cut(kv, "=")
+		if !slices.ContainsFunc(declared[i+1:], func(later string) bool { return strings.HasPrefix(later, k+"=") }) {
+			out = append(out, kv)
+		}
+	}
+	return out, nil
 }
 
 // NewHTTP returns a provider backed by the MCP server at url (streamable

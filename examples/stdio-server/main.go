@@ -1,7 +1,9 @@
 // Command stdio-server is a small MCP server on stdio, the kind of upstream
 // an mcpcluster provider of type "stdio" runs. It serves the built-in demo
-// tools (echo, sleep, sha256) and "whoami", which tells the process id, so
-// you can see which process answered and that a restarted one is new.
+// tools (echo, sleep, sha256), "whoami", which tells the process id, so
+// you can see which process answered and that a restarted one is new, and
+// "env", which lists the names (never the values) of its environment
+// variables, so you can see what a provider passes to its command.
 // STDIO_SERVER_DELAY (e.g. 200ms) delays every call, to play a slow upstream.
 //
 //	providers:
@@ -16,6 +18,8 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
+	"strings"
 	"time"
 
 	mcplib "github.com/mark3labs/mcp-go/mcp"
@@ -56,6 +60,22 @@ func main() {
 	), func(context.Context, mcplib.CallToolRequest) (*mcplib.CallToolResult, error) {
 		host, _ := os.Hostname()
 		return mcplib.NewToolResultText(fmt.Sprintf("pid %d on %s", os.Getpid(), host)), nil
+	})
+	s.AddTool(mcplib.NewTool("env",
+		mcplib.WithDescription("The names of this server's environment variables, sorted, one a line (values are not shown)."),
+		mcplib.WithReadOnlyHintAnnotation(true),
+		mcplib.WithIdempotentHintAnnotation(true),
+	), func(context.Context, mcplib.CallToolRequest) (*mcplib.CallToolResult, error) {
+		names := []string{}
+		for _, kv := range os.Environ() {
+			name, _, _ := strings.Cut(kv, "=")
+			names = append(names, name)
+		}
+		slices.Sort(names)
+		names = slices.Compact(names)
+		res := mcplib.NewToolResultText(strings.Join(names, "\n"))
+		res.StructuredContent = map[string]any{"names": names}
+		return res, nil
 	})
 	if err := server.ServeStdio(s); err != nil {
 		fmt.Fprintln(os.Stderr, "stdio-server:", err)
