@@ -27,6 +27,10 @@ import (
 	"go.etcd.io/bbolt"
 )
 
+// KeyringFile is the gossip keyring's file in the data dir: it persists
+// key rotations and encrypts gossip even when no key is given at start.
+const KeyringFile = "gossip-keyring.json"
+
 // logCacheSize is how many recent raft entries are kept in memory.
 const logCacheSize = 4096
 
@@ -200,7 +204,7 @@ func New(cfg Config) (_ *Node, err error) {
 	mc.Join = cfg.Join
 	mc.Profile = cfg.GossipProfile
 	mc.SecretKey = cfg.GossipKey
-	mc.KeyringFile = filepath.Join(cfg.DataDir, "gossip-keyring.json")
+	mc.KeyringFile = filepath.Join(cfg.DataDir, KeyringFile)
 	mc.Logger = n.logger.With("component", "gossip")
 	mc.Meta = membership.Meta{
 		ID:       n.id,

@@ -20,7 +20,7 @@ import (
 
 var benchClient = &http.Client{
 	Timeout:   30 * time.Second,
-	Transport: &http.Transport{MaxIdleConns: 256, MaxIdleConnsPerHost: 128, IdleConnTimeout: time.Minute},
+	Transport: withToken(&http.Transport{MaxIdleConns: 256, MaxIdleConnsPerHost: 128, IdleConnTimeout: time.Minute}),
 }
 
 func benchPut(ctx context.Context, nd *node, key, value string) error {

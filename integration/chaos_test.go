@@ -264,7 +264,7 @@ func (r *chaosRun) outage(d time.Duration, down, up func(...*node), nodes ...*no
 func (r *chaosRun) kvClient(id int) {
 	defer r.wg.Done()
 	rng := rand.New(rand.NewPCG(uint64(id), uint64(time.Now().UnixNano())))
-	cl := &http.Client{Timeout: 3 * time.Second}
+	cl := &http.Client{Timeout: 3 * time.Second, Transport: withToken(nil)}
 	seen := map[string]string{}
 	for i := 0; ; i++ {
 		select {

@@ -49,6 +49,10 @@ func runMain(m *testing.M) int {
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		return cmd.Run()
 	}
+	if err := os.Mkdir(filepath.Join(dir, "security"), 0o700); err != nil {
+		fmt.Fprintln(os.Stderr, "integration:", err)
+		return 1
+	}
 	binary = os.Getenv("MCPCLUSTER_BIN")
 	if binary == "" {
 		binary = filepath.Join(dir, "mcpcluster")
@@ -56,6 +60,10 @@ func runMain(m *testing.M) int {
 			fmt.Fprintln(os.Stderr, "integration: build mcpcluster:", err)
 			return 1
 		}
+	}
+	if sec, err = newSecurity(filepath.Join(dir, "security")); err != nil {
+		fmt.Fprintln(os.Stderr, "integration: security:", err)
+		return 1
 	}
 	stdioServer = filepath.Join(dir, "stdio-server")
 	if err := build(stdioServer, "./examples/stdio-server"); err != nil {
@@ -149,6 +157,10 @@ type node struct {
 	gossip  string
 	extra   []string // flags beyond the addresses
 	logPath string
+	// plain runs the node without TLS, gossip key and admin tokens (a
+	// loopback experiment); every other node is secured (see security).
+	plain bool
+	env   []string // extra environment variables of the process
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -185,6 +197,9 @@ func (n *node) args() []string {
 	a := []string{"agent", "--node-id", n.id, "--data-dir", n.dataDir,
 		"--http-addr", n.http, "--rpc-addr", n.rpc, "--gossip-addr", n.gossip}
 	a = append(a, fastFlags...)
+	if !n.plain {
+		a = append(a, sec.flags(n.t, n.id)...)
+	}
 	return append(a, n.extra...)
 }
 
@@ -200,6 +215,9 @@ func (n *node) start() {
 	fmt.Fprintf(logf, "=== start %d: %s\n", n.starts+1, strings.Join(n.args(), " "))
 	cmd := exec.Command(binary, n.args()...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	if len(n.env) > 0 {
+		cmd.Env = append(os.Environ(), n.env...)
+	}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		n.t.Fatalf("start %s: %v", n.id, err)
@@ -308,7 +326,8 @@ func (n *node) dumpLog(lines int) {
 	n.t.Logf("--- last %d log lines of %s ---\n%s", len(all), n.id, strings.Join(all, "\n"))
 }
 
-var httpClient = &http.Client{Timeout: 10 * time.Second}
+// httpClient calls nodes' HTTP ports with the admin write token.
+var httpClient = &http.Client{Timeout: 10 * time.Second, Transport: withToken(nil)}
 
 func (n *node) status() (cluster.Status, error) {
 	var st cluster.Status

@@ -79,7 +79,14 @@ func newDockerCluster(t *testing.T, n int) *dockerCluster {
 		name := fmt.Sprintf("mcpc-%s-%s", d.tag, id)
 		d.names = append(d.names, name)
 		ip := d.ips[i]
-		args := []string{"create", "--name", name, "--network", d.clientNw, "-p", "127.0.0.1::8700", d.image, "agent",
+		// Off loopback a node needs TLS, a gossip key and an admin token:
+		// the test's security files, mounted read-only.
+		certFile, keyFile := sec.cert(t, id)
+		args := []string{"create", "--name", name, "--network", d.clientNw, "-p", "127.0.0.1::8700",
+			"-v", sec.dir + ":/tls:ro", d.image, "agent",
+			"--tls-ca-file", "/tls/" + filepath.Base(sec.caFile()), "--tls-cert-file", "/tls/" + filepath.Base(certFile),
+			"--tls-key-file", "/tls/" + filepath.Base(keyFile), "--encrypt", sec.gossipKey,
+			"--admin-token-file", "/tls/" + filepath.Base(sec.tokenFile),
 			"--node-id", id, "--data-dir", "/data", "--http-addr", "0.0.0.0:8700", "--http-advertise", ip + ":8700",
 			"--rpc-addr", ip + ":8701", "--gossip-addr", ip + ":8702", "--bootstrap-expect", fmt.Sprint(n),
 			"--gossip-profile", "local", "--raft-heartbeat-timeout", "500ms", "--raft-election-timeout", "500ms",

@@ -64,6 +64,16 @@ func apiError(addr string, resp *http.Response, body []byte) error {
 }
 
 func parseClientFlags(name string, args []string, stderr io.Writer) (clientFlags, error) {
+	c, pos, err := parseClientArgs(name, args, stderr)
+	if err == nil && len(pos) > 0 {
+		return c, usagef("unexpected argument %q", pos[0])
+	}
+	return c, err
+}
+
+// parseClientArgs parses the shared client flags, which may come before
+// or after positional arguments, and returns the positional ones.
+func parseClientArgs(name string, args []string, stderr io.Writer) (clientFlags, []string, error) {
 	var c clientFlags
 	def := os.Getenv("MCPCLUSTER_HTTP_ADDR")
 	if def == "" {
@@ -75,22 +85,27 @@ func parseClientFlags(name string, args []string, stderr io.Writer) (clientFlags
 	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "how long to wait for the node")
 	token := tokenFlag(fs)
 	fs.SetOutput(io.Discard)
-	if err := fs.Parse(args); err != nil {
-		if err == flag.ErrHelp {
-			fs.SetOutput(stderr)
-			fs.PrintDefaults()
-			return c, err
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if err == flag.ErrHelp {
+				fs.SetOutput(stderr)
+				fs.PrintDefaults()
+				return c, nil, err
+			}
+			return c, nil, usageError{err}
 		}
-		return c, usageError{err}
-	}
-	if fs.NArg() > 0 {
-		return c, usagef("unexpected argument %q", fs.Arg(0))
+		if fs.NArg() == 0 {
+			break
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
 	}
 	if err := checkHostPort(strings.TrimPrefix(c.addr, "http://"), false); err != nil {
-		return c, usagef("-http-addr %q: %v", c.addr, err)
+		return c, nil, usagef("-http-addr %q: %v", c.addr, err)
 	}
 	c.token = token()
-	return c, nil
+	return c, pos, nil
 }
 
 func (c clientFlags) url(path string) string {

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -515,6 +516,16 @@ func pathError(err error) error {
 	return err
 }
 
+// hasKeyring reports whether the data dir holds a gossip keyring from an
+// earlier start or rotation: it encrypts gossip even without --encrypt.
+func (c *AgentConfig) hasKeyring() bool {
+	if c.DataDir == "" {
+		return false
+	}
+	_, err := os.Stat(filepath.Join(c.DataDir, cluster.KeyringFile))
+	return err == nil
+}
+
 // insecurity returns the first non-loopback address (as "-flag host:port")
 // and what it lacks of TLS, a gossip key and an admin token; "" when every
 // address is loopback or nothing is missing.
@@ -535,7 +546,7 @@ func (c *AgentConfig) insecurity() (where, missing string) {
 	if c.TLSCAFile == "" {
 		lack = append(lack, "TLS (--tls-ca-file, --tls-cert-file, --tls-key-file)")
 	}
-	if c.Encrypt == "" {
+	if c.Encrypt == "" && !c.hasKeyring() {
 		lack = append(lack, "a gossip key (--encrypt)")
 	}
 	if c.AdminTokens.Len() == 0 {

@@ -26,6 +26,7 @@ Commands:
   leave     make a node leave the cluster gracefully and exit
   tls       create a cluster CA and node certificates (tls ca create, tls cert create)
   keygen    print a new gossip encryption key
+  keyring   list, install, use and remove gossip keys on every node
 `
 
 func main() {
@@ -59,6 +60,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runLeave(args[1:], stdout, stderr)
 	case "tls":
 		err = runTLS(args[1:], stdout, stderr)
+	case "keyring":
+		err = runKeyring(args[1:], stdout, stderr)
 	case "keygen":
 		err = runKeygen(args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
