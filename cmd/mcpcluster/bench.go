@@ -28,6 +28,7 @@ import (
 
 const benchUsage = `Usage: mcpcluster bench [flags]         one scenario against running nodes
        mcpcluster bench suite [flags]   the standard set on a local 3-node cluster it starts (make bench)
+       mcpcluster bench tls-cost [flags]   the cost of security: a plain and a secured local cluster, side by side
 
 Scenarios (--scenario): call (a tool), cache-set, cache-get, session-init,
 failover (a fixed-rate stream of --op while --kill-pid is killed after --kill-after).
@@ -137,6 +138,9 @@ const legacyProtocol = mcplib.ProtocolVersion20251125
 func runBench(args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "suite" {
 		return runBenchSuite(args[1:], stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "tls-cost" {
+		return runBenchTLSCost(args[1:], stdout, stderr)
 	}
 	cfg, asJSON, err := parseBenchFlags(args, stderr)
 	if err != nil {

@@ -35,25 +35,23 @@ func runBenchSuite(args []string, stdout, stderr io.Writer) error {
 	if *duration <= 0 || *basePort < 1024 || *basePort > 65000 {
 		return usagef("-duration must be positive and -base-port 1024 to 65000")
 	}
-	self, err := os.Executable()
-	if err != nil {
-		return fmt.Errorf("find own executable: %w", err)
-	}
 	dir, err := os.MkdirTemp("", "mcpcluster-bench-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	cfgFile := filepath.Join(dir, "providers.yaml")
-	if err := os.WriteFile(cfgFile, []byte("providers:\n  - name: pinned\n    type: builtin\n    prefix: pinned_\n    replicas: 1\n"), 0o644); err != nil {
+	lc, err := newBenchCluster(dir, *basePort)
+	if err != nil {
 		return err
 	}
 	ctx, stop := signalContext()
 	defer stop()
 
-	lc := &localCluster{self: self, n: 3, basePort: *basePort, dataDir: dir, stdout: io.Discard, stderr: io.Discard,
-		extra: []string{"--config", cfgFile, "--log-level", "error", "--max-concurrent", "1000", "--max-queue", "1000"}}
-	fmt.Fprintf(stdout, "starting a local 3-node cluster on ports %d-%d\n", *basePort, *basePort+22)
+	// Measured as deployed: mutual TLS, encrypted gossip, admin tokens.
+	if lc.security, _, err = setupLocalSecurity(dir, lc.ids()); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "starting a local secured 3-node cluster on ports %d-%d\n", *basePort, *basePort+22)
 	if err := lc.start(); err != nil {
 		return err
 	}
@@ -75,7 +73,7 @@ func runBenchSuite(args []string, stdout, stderr io.Writer) error {
 	all := []string{url(0), url(1), url(2)}
 	base := benchConfig{protocol: legacyProtocol, concurrency: 16, duration: *duration, timeout: 10 * time.Second,
 		consistency: "linearizable", valueSize: 100, args: map[string]any{"text": "hello"},
-		token: cluster.Token(os.Getenv("MCPCLUSTER_ADMIN_TOKEN"))} // the nodes inherit it
+		token: lc.token()}
 
 	holder, leader, err := lc.roles(ctx, "pinned_echo")
 	if err != nil {
@@ -168,6 +166,25 @@ func runBenchSuite(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
+// newBenchCluster describes (without starting it) a local 3-node cluster
+// in dir on basePort for the benchmarks: a provider "pinned" with one
+// holder (the tool pinned_echo), room for many calls, quiet logs.
+func newBenchCluster(dir string, basePort int) (*localCluster, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("find own executable: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	cfgFile := filepath.Join(dir, "providers.yaml")
+	if err := os.WriteFile(cfgFile, []byte("providers:\n  - name: pinned\n    type: builtin\n    prefix: pinned_\n    replicas: 1\n"), 0o644); err != nil {
+		return nil, err
+	}
+	return &localCluster{self: self, n: 3, basePort: basePort, dataDir: dir, stdout: io.Discard, stderr: io.Discard,
+		extra: []string{"--config", cfgFile, "--log-level", "error", "--max-concurrent", "1000", "--max-queue", "1000"}}, nil
+}
+
 // with returns a copy of c changed by f.
 func with(c benchConfig, f func(*benchConfig)) benchConfig {
 	f(&c)
@@ -196,7 +213,7 @@ func (lc *localCluster) roles(ctx context.Context, tool string) (holder, leader 
 			}
 		}
 		var st struct{ Leader struct{ ID string } }
-		if getJSON(ctx, "http://"+lc.addr(0, 0)+"/v1/catalog", &cat) == nil && getJSON(ctx, "http://"+lc.addr(0, 0)+"/v1/status", &st) == nil {
+		if getJSON(ctx, lc.token(), "http://"+lc.addr(0, 0)+"/v1/catalog", &cat) == nil && getJSON(ctx, lc.token(), "http://"+lc.addr(0, 0)+"/v1/status", &st) == nil {
 			for _, t := range cat.Tools {
 				if t.Name == tool && len(t.Holders) == 1 {
 					holder = lc.index(t.Holders[0])
@@ -214,6 +231,23 @@ func (lc *localCluster) roles(ctx context.Context, tool string) (holder, leader 
 		}
 	}
 	return -1, -1, fmt.Errorf("no holder of %s or no leader after 30s", tool)
+}
+
+// ids returns the node ids of the cluster.
+func (lc *localCluster) ids() []string {
+	ids := make([]string, lc.n)
+	for i := range ids {
+		ids[i] = lc.id(i)
+	}
+	return ids
+}
+
+// token is the admin token of a secured local cluster ("" otherwise).
+func (lc *localCluster) token() cluster.Token {
+	if lc.security == nil {
+		return ""
+	}
+	return cluster.Token(lc.security.token)
 }
 
 func (lc *localCluster) index(id string) int {
@@ -235,9 +269,9 @@ func (lc *localCluster) revive(ctx context.Context, i int) error {
 
 // getJSON reads an admin endpoint of a node the suite started (with the
 // suite's environment, so MCPCLUSTER_ADMIN_TOKEN if set).
-func getJSON(ctx context.Context, url string, v any) error {
+func getJSON(ctx context.Context, token cluster.Token, url string, v any) error {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	setToken(req, cluster.Token(os.Getenv("MCPCLUSTER_ADMIN_TOKEN")))
+	setToken(req, token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return err
