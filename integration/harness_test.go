@@ -524,12 +524,21 @@ func (n *node) waitLog(timeout time.Duration, text string) {
 	})
 }
 
-// runCLI runs the mcpcluster binary with args and returns its exit code and output.
+// runCLI runs the mcpcluster binary with args, with the admin write token
+// in its environment, and returns its exit code and output.
 func runCLI(t testing.TB, args ...string) (int, string, string) {
+	t.Helper()
+	return runCLIEnv(t, nil, args...)
+}
+
+// runCLIEnv is runCLI with extra environment variables, which win over
+// the token (MCPCLUSTER_ADMIN_TOKEN= runs without one).
+func runCLIEnv(t testing.TB, env []string, args ...string) (int, string, string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, binary, args...)
+	cmd.Env = append(append(os.Environ(), "MCPCLUSTER_ADMIN_TOKEN="+sec.writeToken), env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()

@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -434,32 +433,14 @@ func TestAdminTokenLevels(t *testing.T) {
 	}
 }
 
-// runCLIEnv is runCLI with extra environment variables.
-func runCLIEnv(t *testing.T, env []string, args ...string) (int, string, string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, binary, args...)
-	cmd.Env = append(os.Environ(), env...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return ee.ExitCode(), stdout.String(), stderr.String()
-	} else if err != nil {
-		t.Fatalf("run %v: %v", args, err)
-	}
-	return 0, stdout.String(), stderr.String()
-}
-
 // Acceptance 6: off loopback, no security means no start (exit 2, one
 // line naming what is missing); --insecure starts with a warning.
 func TestSecureByDefault(t *testing.T) {
 	dir := t.TempDir()
 	base := []string{"agent", "--data-dir", dir, "--http-addr", "0.0.0.0:0", "--rpc-addr", "127.0.0.1:0",
 		"--gossip-addr", "127.0.0.1:0", "--bootstrap-expect", "1"}
-	code, _, stderr := runCLI(t, base...)
+	noToken := []string{"MCPCLUSTER_ADMIN_TOKEN="}
+	code, _, stderr := runCLIEnv(t, noToken, base...)
 	lines := strings.Split(strings.TrimSpace(stderr), "\n")
 	if code != 2 || len(lines) != 1 {
 		t.Fatalf("exit %d, stderr %q", code, stderr)
@@ -470,7 +451,7 @@ func TestSecureByDefault(t *testing.T) {
 		}
 	}
 	// Only what is missing is named.
-	code, _, stderr = runCLI(t, append(base, "--encrypt", sec.gossipKey, "--admin-token-file", sec.tokenFile)...)
+	code, _, stderr = runCLIEnv(t, noToken, append(base, "--encrypt", sec.gossipKey, "--admin-token-file", sec.tokenFile)...)
 	if code != 2 || strings.Contains(stderr, "--encrypt") || !strings.Contains(stderr, "--tls-ca-file") {
 		t.Fatalf("with key and token: exit %d, stderr %q", code, stderr)
 	}
