@@ -49,17 +49,21 @@ func newDockerCluster(t *testing.T, n int) *dockerCluster {
 	d.subnet = fmt.Sprintf("10.213.%d", 100+int(b[0])%150)
 	d.cluster, d.clientNw = "mcpc-cluster-"+d.tag, "mcpc-client-"+d.tag
 
-	// The image: the binary built static (no libc in a scratch image).
-	ctxDir := t.TempDir()
+	// The image, as make image builds it: the static binary, a CA bundle,
+	// a non-root user.
 	_, file, _, _ := runtime.Caller(0)
-	build := exec.Command("go", "build", "-o", filepath.Join(ctxDir, "mcpcluster"), "./cmd/mcpcluster")
+	build := exec.Command("make", "image", "IMAGE="+d.image, "BIN="+filepath.Join(t.TempDir(), "mcpcluster"))
 	build.Dir = filepath.Dir(filepath.Dir(file))
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("static build: %v: %s", err, out)
+		t.Fatalf("make image: %v: %s", err, out)
 	}
-	docker(t, "build", "-q", "-t", d.image, "-f", filepath.Join(build.Dir, "deploy", "Dockerfile"), ctxDir)
 	t.Cleanup(func() { _ = exec.Command("docker", "rmi", "-f", d.image).Run() })
+	// The node user of the image reads the test's security files from a
+	// copy it may read.
+	secDir := t.TempDir()
+	if err := os.Chmod(secDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	docker(t, "network", "create", "--internal", "--subnet", d.subnet+".0/24", d.cluster)
 	docker(t, "network", "create", d.clientNw)
 	t.Cleanup(func() {
@@ -82,8 +86,17 @@ func newDockerCluster(t *testing.T, n int) *dockerCluster {
 		// Off loopback a node needs TLS, a gossip key and an admin token:
 		// the test's security files, mounted read-only.
 		certFile, keyFile := sec.cert(t, id)
+		for _, f := range []string{sec.caFile(), certFile, keyFile, sec.tokenFile} {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(secDir, filepath.Base(f)), b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
 		args := []string{"create", "--name", name, "--network", d.clientNw, "-p", "127.0.0.1::8700",
-			"-v", sec.dir + ":/tls:ro", d.image, "agent",
+			"-v", secDir + ":/tls:ro", d.image, "agent",
 			"--tls-ca-file", "/tls/" + filepath.Base(sec.caFile()), "--tls-cert-file", "/tls/" + filepath.Base(certFile),
 			"--tls-key-file", "/tls/" + filepath.Base(keyFile), "--encrypt", sec.gossipKey,
 			"--admin-token-file", "/tls/" + filepath.Base(sec.tokenFile),

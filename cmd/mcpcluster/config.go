@@ -84,6 +84,9 @@ type AgentConfig struct {
 	TLSKeyFile  string `yaml:"tls_key_file"`
 	// Encrypt is the gossip encryption key, base64 of 16, 24 or 32 bytes.
 	Encrypt secret `yaml:"encrypt"`
+	// EncryptFile names a file holding the gossip key (as Encrypt), so it
+	// stays out of process listings and config files; Encrypt wins.
+	EncryptFile string `yaml:"encrypt_file"`
 	// Insecure allows non-loopback addresses without TLS, a gossip key and
 	// an admin token (a warning is logged at start).
 	Insecure bool `yaml:"insecure"`
@@ -273,6 +276,7 @@ var agentOptions = []option{
 	{name: "tls-cert-file", usage: "this node's certificate (PEM), signed by the cluster CA", set: str(func(c *AgentConfig) *string { return &c.TLSCertFile })},
 	{name: "tls-key-file", usage: "this node's private key (PEM)", set: str(func(c *AgentConfig) *string { return &c.TLSKeyFile })},
 	{name: "encrypt", usage: "gossip encryption key: base64 of 16, 24 or 32 random bytes", set: func(c *AgentConfig, v string) error { c.Encrypt = secret(v); return nil }},
+	{name: "encrypt-file", usage: "file holding the gossip encryption key (as --encrypt, which wins)", set: str(func(c *AgentConfig) *string { return &c.EncryptFile })},
 	{name: "insecure", usage: "allow non-loopback addresses without TLS, a gossip key and an admin token", bool: true, set: boolean(func(c *AgentConfig) *bool { return &c.Insecure })},
 	{name: "rpc-max-conns-per-ip", usage: "most cluster-port connections one remote IP may hold (0: no limit)", set: func(c *AgentConfig, v string) error {
 		n, err := strconv.Atoi(v)
@@ -409,7 +413,7 @@ func (c *AgentConfig) validate() error {
 		}
 	}
 	for _, j := range c.Join {
-		if err := checkHostPort(j, false); err != nil {
+		if err := checkJoinAddr(j); err != nil {
 			return fmt.Errorf("-join %q: %v", j, err)
 		}
 	}
@@ -477,10 +481,20 @@ func (c *AgentConfig) validateSecurity() error {
 			return fmt.Errorf("-%s %q: is a directory", f.name, f.value)
 		}
 	}
+	if c.Encrypt == "" && c.EncryptFile != "" {
+		b, err := os.ReadFile(c.EncryptFile)
+		if err != nil {
+			return fmt.Errorf("-encrypt-file %q: %v", c.EncryptFile, pathError(err))
+		}
+		c.Encrypt = secret(strings.TrimSpace(string(b)))
+		if c.Encrypt == "" {
+			return fmt.Errorf("-encrypt-file %q: the file is empty", c.EncryptFile)
+		}
+	}
 	if c.Encrypt != "" {
 		key, err := base64.StdEncoding.DecodeString(string(c.Encrypt))
 		if err != nil {
-			return errors.New("-encrypt: the key is not valid base64 (make one with: head -c 32 /dev/urandom | base64)")
+			return errors.New("-encrypt: the key is not valid base64 (make one with: mcpcluster keygen)")
 		}
 		if n := len(key); n != 16 && n != 24 && n != 32 {
 			return fmt.Errorf("-encrypt: the key decodes to %d bytes; want 16, 24 or 32", n)
@@ -579,6 +593,23 @@ func joinAnd(items []string) string {
 		return strings.Join(items, "")
 	}
 	return strings.Join(items[:len(items)-1], ", ") + " and " + items[len(items)-1]
+}
+
+// checkJoinAddr validates a join address, host:port. A host name is not
+// resolved here: peers started together (compose services, pods of a
+// StatefulSet) get their DNS names as they come up, and joining is retried.
+func checkJoinAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return errors.New("want host:port")
+	}
+	if p, err := strconv.Atoi(port); err != nil || p <= 0 || p > 65535 {
+		return fmt.Errorf("port %q is not a number from 1 to 65535", port)
+	}
+	if host == "" || strings.ContainsAny(host, " /\\") {
+		return fmt.Errorf("host %q is not an IP address or DNS name", host)
+	}
+	return nil
 }
 
 // checkHostPort validates host:port; an advertised address needs a concrete IP.

@@ -24,9 +24,11 @@ Commands:
   cache     get, set, delete and list keys of the shared cache
   bench     load-test running nodes (bench suite: the standard report)
   leave     make a node leave the cluster gracefully and exit
+  health    exit 0 when a node is ready (/readyz), 1 otherwise: for health checks
   tls       create a cluster CA and node certificates (tls ca create, tls cert create)
   keygen    print a new gossip encryption key
   keyring   list, install, use and remove gossip keys on every node
+  secrets   make a cluster's absent secrets in a directory (secrets init)
 `
 
 func main() {
@@ -56,10 +58,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runCache(args[1:], os.Stdin, stdout, stderr)
 	case "tools":
 		err = runTools(args[1:], stdout, stderr)
+	case "health":
+		err = runHealth(args[1:], stdout, stderr)
 	case "leave":
 		err = runLeave(args[1:], stdout, stderr)
 	case "tls":
 		err = runTLS(args[1:], stdout, stderr)
+	case "secrets":
+		err = runSecrets(args[1:], stdout, stderr)
 	case "keyring":
 		err = runKeyring(args[1:], stdout, stderr)
 	case "keygen":
