@@ -69,7 +69,7 @@ image: build
 	docker build -q -t $(IMAGE) -f deploy/Dockerfile bin/image
 
 ## compose-up: a secured 3-node cluster in containers (HTTP on 127.0.0.1:8700,
-## :8710, :8720); the admin token: docker-compose -f deploy/compose.yaml run --rm token
+## :8710, :8720); the admin token: docker-compose -f deploy/compose.yaml -p mcpcluster run --rm -T token
 compose-up: image
 	docker-compose -f deploy/compose.yaml -p mcpcluster up -d
 
