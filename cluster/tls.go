@@ -213,13 +213,3 @@ func intermediates(ders [][]byte) *x509.CertPool {
 	}
 	return p
 }
-
-// currentSerial returns the serial number of the certificate in use, for
-// logs and tests.
-func (c *tlsConfigurator) currentSerial() string {
-	cert, _ := c.current()
-	if cert.Leaf == nil {
-		return ""
-	}
-	return cert.Leaf.SerialNumber.String()
-}
