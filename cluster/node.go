@@ -226,7 +226,8 @@ func New(cfg Config) (_ *Node, err error) {
 		n.goFunc(n.bootstrapLoop)
 	}
 	n.logger.Info("node started", "rpc", advertise, "gossip", n.members.GossipAddr(),
-		"existing_state", n.hadState, "bootstrap_expect", cfg.BootstrapExpect)
+		"existing_state", n.hadState, "bootstrap_expect", cfg.BootstrapExpect,
+		"cluster_tls", n.tls != nil, "gossip_encrypted", n.members.Encrypted())
 	return n, nil
 }
 

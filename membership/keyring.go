@@ -123,6 +123,13 @@ func writeKeyringFile(file string, kr *memberlist.Keyring) error {
 	return nil
 }
 
+// Encrypted reports whether gossip is encrypted.
+func (m *Membership) Encrypted() bool {
+	m.keyMu.Lock()
+	defer m.keyMu.Unlock()
+	return m.keyring != nil
+}
+
 // KeyringOp is a gossip keyring operation.
 type KeyringOp string
 
