@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 )
@@ -22,6 +23,7 @@ func runBenchTLSCost(args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(io.Discard)
 	duration := fs.Duration("duration", 5*time.Second, "length of each closed-loop run")
 	rounds := fs.Int("rounds", 3, "runs of each scenario on each cluster; the median is reported")
+	only := fs.String("only", "", "run only the scenarios whose name contains this")
 	basePort := fs.Int("base-port", 18800, "ports of the plain cluster (node i: base+10*i, +1, +2); the secured one uses base+100")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -107,6 +109,12 @@ func runBenchTLSCost(args []string, stdout, stderr io.Writer) error {
 				}
 			})
 		}},
+	}
+	if *only != "" {
+		scenarios = slices.DeleteFunc(scenarios, func(sc scenario) bool { return !strings.Contains(sc.name, *only) })
+		if len(scenarios) == 0 {
+			return usagef("-only %q matches no scenario", *only)
+		}
 	}
 	// Calls enter through a node that neither holds the tool nor leads.
 	via := func(lc *localCluster) (int, error) {
