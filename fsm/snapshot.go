@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -306,4 +307,42 @@ func (s *state) restore(r *record) error {
 	default:
 		return fmt.Errorf("unknown record kind %q", r.Kind)
 	}
+}
+
+// maxHeaderLine bounds the header record's line that ReindexSnapshot reads.
+const maxHeaderLine = 4096
+
+// ReindexSnapshot returns the snapshot stream src with its header's index
+// replaced by index, and how many bytes longer the result is than src
+// (negative when shorter). Only the header line is read here; the rest of
+// src streams through the returned reader.
+//
+// A restore of a snapshot taken elsewhere needs it: the FSM's index is
+// what reads wait for (read-index), so it must not move backwards, and the
+// index inside the stream is the one of the cluster the snapshot came from.
+func ReindexSnapshot(src io.Reader, index uint64) (io.Reader, int64, error) {
+	br := bufio.NewReaderSize(src, maxHeaderLine)
+	line, err := br.ReadSlice('\n')
+	if err != nil {
+		if errors.Is(err, bufio.ErrBufferFull) {
+			err = fmt.Errorf("header longer than %d bytes", maxHeaderLine)
+		}
+		return nil, 0, fmt.Errorf("read snapshot header: %w", err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(line))
+	dec.DisallowUnknownFields()
+	var h record
+	if err := dec.Decode(&h); err != nil {
+		return nil, 0, fmt.Errorf("read snapshot header: %w", err)
+	}
+	if h.Kind != kindHeader || h.Format != snapshotFormat || h.payloads() != 0 {
+		return nil, 0, fmt.Errorf("first record is not a format %d header", snapshotFormat)
+	}
+	h.Index = index
+	var nb bytes.Buffer
+	if err := json.NewEncoder(&nb).Encode(&h); err != nil {
+		return nil, 0, err
+	}
+	delta := int64(nb.Len()) - int64(len(line))
+	return io.MultiReader(&nb, br), delta, nil
 }
