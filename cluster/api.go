@@ -131,6 +131,7 @@ func NewAPI(n *Node, cfg APIConfig) *API {
 	a.handle("POST /v1/agent/snapshot", AccessWrite, a.snapshot)
 	a.handle("POST /v1/agent/transfer-leadership", AccessWrite, a.transferLeadership)
 	a.keyringRoutes()
+	a.snapshotRoutes()
 	return a
 }
 

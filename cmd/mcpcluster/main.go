@@ -29,6 +29,7 @@ Commands:
   keygen    print a new gossip encryption key
   keyring   list, install, use and remove gossip keys on every node
   secrets   make a cluster's absent secrets in a directory (secrets init)
+  snapshot  save, restore and inspect snapshots of the cluster's state
 `
 
 func main() {
@@ -70,6 +71,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runKeyring(args[1:], stdout, stderr)
 	case "keygen":
 		err = runKeygen(args[1:], stdout, stderr)
+	case "snapshot":
+		err = runSnapshot(args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0
