@@ -93,8 +93,8 @@ func (n *Node) Apply(ctx context.Context, cmd *fsm.Command) (*fsm.Result, error)
 		return nil, fmt.Errorf("encode command: %w", err)
 	}
 	var res *fsm.Result
-	err = n.onLeader(ctx, func(timeout time.Duration) (err error) {
-		res, err = n.applyLocal(data, timeout)
+	err = n.onLeader(ctx, func(ctx context.Context) (err error) {
+		res, err = n.applyLocal(ctx, data)
 		return err
 	}, func(ctx context.Context, addr string) (bool, error) {
 		reply, err := n.forwardApply(ctx, addr, data)
@@ -117,7 +117,7 @@ func (n *Node) Apply(ctx context.Context, cmd *fsm.Command) (*fsm.Result, error)
 // (ErrRefused): callers make that safe (request ids for writes; reads have
 // no effect). It gives up when ctx
 // ends, or after ApplyTimeout when ctx has no deadline.
-func (n *Node) onLeader(ctx context.Context, local func(timeout time.Duration) error, remote func(ctx context.Context, addr string) (notLeader bool, err error)) error {
+func (n *Node) onLeader(ctx context.Context, local func(ctx context.Context) error, remote func(ctx context.Context, addr string) (notLeader bool, err error)) error {
 	ctx, cancel := n.bounded(ctx)
 	defer cancel()
 	var lastErr error
@@ -128,8 +128,7 @@ func (n *Node) onLeader(ctx context.Context, local func(timeout time.Duration) e
 			}
 		}
 		if n.raft.State() == raft.Leader {
-			dl, _ := ctx.Deadline()
-			err := local(time.Until(dl))
+			err := local(ctx)
 			if err == nil || !isRetryable(err) {
 				return err
 			}
@@ -157,7 +156,11 @@ func (n *Node) onLeader(ctx context.Context, local func(timeout time.Duration) e
 
 // applyLocal applies encoded data on this node, which must lead, if
 // checkCommand lets it through.
-func (n *Node) applyLocal(data []byte, timeout time.Duration) (*fsm.Result, error) {
+func (n *Node) applyLocal(ctx context.Context, data []byte) (*fsm.Result, error) {
+	timeout := n.cfg.ApplyTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+	}
 	if timeout <= 0 {
 		return nil, context.DeadlineExceeded
 	}
@@ -165,7 +168,7 @@ func (n *Node) applyLocal(data []byte, timeout time.Duration) (*fsm.Result, erro
 		return nil, err
 	}
 	f := n.raft.Apply(data, timeout)
-	if err := f.Error(); err != nil {
+	if err := n.await(ctx, f); err != nil {
 		if isRetryable(err) {
 			return nil, fmt.Errorf("%w: %v", errRetry, err)
 		}
@@ -179,6 +182,25 @@ func (n *Node) applyLocal(data []byte, timeout time.Duration) (*fsm.Result, erro
 		return nil, fmt.Errorf("unexpected fsm response %T", f.Response())
 	}
 	return res, nil
+}
+
+// await waits for f's answer, for ctx to end or for the node to shut
+// down, whichever comes first. raft never answers a future still queued in
+// its (buffered) apply channel when leadership ends or raft shuts down, so
+// a bare f.Error() could wait forever and hang Shutdown. The goroutine
+// that waits for the answer ends with it (or with the process, for a
+// future raft dropped).
+func (n *Node) await(ctx context.Context, f raft.Future) error {
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-n.shutdownCh:
+		return ErrShutdown
+	}
 }
 
 // bounded gives ctx the ApplyTimeout deadline if it has none.
@@ -255,8 +277,8 @@ func (n *Node) ReadBarrier(ctx context.Context, level Consistency) (ReadInfo, er
 	defer cancel()
 	lin := level == Linearizable
 	var idx uint64
-	err := n.onLeader(ctx, func(time.Duration) (err error) {
-		idx, err = n.leaderReadIndex(lin)
+	err := n.onLeader(ctx, func(ctx context.Context) (err error) {
+		idx, err = n.leaderReadIndex(ctx, lin)
 		return err
 	}, func(ctx context.Context, addr string) (bool, error) {
 		var reply ReadIndexReply
@@ -283,7 +305,7 @@ func (n *Node) ReadBarrier(ctx context.Context, level Consistency) (ReadInfo, er
 // includes earlier terms), and a follower's FSM reaches that exact index.
 // raft's own AppliedIndex will not do: it moves when entries are handed to
 // the FSM goroutine, before they are applied.
-func (n *Node) leaderReadIndex(linearizable bool) (uint64, error) {
+func (n *Node) leaderReadIndex(ctx context.Context, linearizable bool) (uint64, error) {
 	if n.raft.State() != raft.Leader {
 		return 0, errRetry
 	}
@@ -293,7 +315,7 @@ func (n *Node) leaderReadIndex(linearizable bool) (uint64, error) {
 	}
 	idx := n.fsm.LastIndex()
 	if linearizable {
-		if err := n.raft.VerifyLeader().Error(); err != nil {
+		if err := n.await(ctx, n.raft.VerifyLeader()); err != nil {
 			return 0, fmt.Errorf("%w: verify leader: %v", errRetry, err)
 		}
 	}

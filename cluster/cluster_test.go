@@ -299,3 +299,27 @@ func TestTransferLeadershipTo(t *testing.T) {
 		return nil
 	})
 }
+
+// A node shut down while its leader loop waits for its first barrier stops
+// (raft never answers a barrier left in its apply queue at shutdown).
+func TestShutdownRightAfterLeadership(t *testing.T) {
+	for i := range 5 {
+		nd, err := New(testConfig(t, fmt.Sprintf("solo%d", i), 1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 10*time.Second, func() error {
+			if !nd.IsLeader() {
+				return errors.New("not leader yet")
+			}
+			return nil
+		})
+		done := make(chan error, 1)
+		go func() { done <- nd.Shutdown() }()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			t.Fatalf("round %d: shutdown right after leadership hangs", i)
+		}
+	}
+}

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/hashicorp/raft"
@@ -59,13 +60,17 @@ func (s *rpcService) ApplyBatch(args ApplyBatchArgs, reply *ApplyBatchReply) err
 		}
 		futures[i] = s.n.raft.Apply(d, s.n.cfg.ApplyTimeout)
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.n.cfg.ApplyTimeout)
+	defer cancel()
 	for i, f := range futures {
 		if f == nil {
 			continue // refused
 		}
 		r := &reply.Results[i]
-		if err := f.Error(); err != nil {
-			if isRetryable(err) {
+		if err := s.n.await(ctx, f); err != nil {
+			// The outcome is unknown when the wait ends first; the
+			// command's request id makes the caller's retry safe.
+			if isRetryable(err) || errors.Is(err, ErrShutdown) || errors.Is(err, context.DeadlineExceeded) {
 				r.NotLeader = true
 			} else {
 				r.Err = err.Error()

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"time"
@@ -48,9 +49,14 @@ func (n *Node) monitorLeadership() {
 // every entry of earlier terms, then reconciliation of gossip into raft.
 func (n *Node) leaderLoop(stop chan struct{}) {
 	for {
-		err := n.raft.Barrier(n.cfg.ApplyTimeout).Error()
+		ctx, cancel := stopContext(stop)
+		err := n.await(ctx, n.raft.Barrier(n.cfg.ApplyTimeout))
+		cancel()
 		if err == nil {
 			break
+		}
+		if ctx.Err() != nil || errors.Is(err, ErrShutdown) {
+			return
 		}
 		n.logger.Warn("leader barrier failed", "error", err)
 		select {
@@ -80,14 +86,7 @@ func (n *Node) leaderLoop(stop chan struct{}) {
 	expiry := time.NewTicker(cacheExpiryCheck)
 	defer expiry.Stop()
 	for {
-		ctx, cancel := context.WithCancel(context.Background())
-		go func() {
-			select {
-			case <-stop:
-			case <-ctx.Done():
-			}
-			cancel()
-		}()
+		ctx, cancel := stopContext(stop)
 		if err := r.reconcile(ctx); err != nil {
 			n.logger.Warn("reconcile failed", "error", err)
 		}
@@ -111,6 +110,19 @@ func (n *Node) leaderLoop(stop chan struct{}) {
 			}
 		}
 	}
+}
+
+// stopContext returns a context cancelled when stop is closed.
+func stopContext(stop <-chan struct{}) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		select {
+		case <-stop:
+		case <-ctx.Done():
+		}
+		cancel()
+	}()
+	return ctx, cancel
 }
 
 // cacheExpiryCheck is how often the leader looks for expired cache entries.

@@ -70,7 +70,9 @@ func (s *rpcService) speaksFor(id string) error {
 // ReadIndex returns the leader's commit index, after confirming leadership
 // with a quorum when the read is linearizable.
 func (s *rpcService) ReadIndex(args ReadIndexArgs, reply *ReadIndexReply) error {
-	idx, err := s.n.leaderReadIndex(args.Linearizable)
+	ctx, cancel := context.WithTimeout(context.Background(), s.n.cfg.ApplyTimeout)
+	defer cancel()
+	idx, err := s.n.leaderReadIndex(ctx, args.Linearizable)
 	if errors.Is(err, errRetry) {
 		reply.NotLeader = true
 		return nil
