@@ -101,8 +101,9 @@ func DefaultAPIConfig() APIConfig { return APIConfig{} }
 // API serves the node's admin endpoints: /healthz and /readyz (open), the
 // reads /v1/status, /v1/fsm/hash, /v1/catalog, /v1/cache (list) and
 // /v1/cache/{key}, and the writes PUT and DELETE /v1/cache/{key},
-// /v1/agent/leave, /v1/agent/snapshot, /v1/agent/transfer-leadership and
-// the keyring operations under /v1/operator/keyring.
+// /v1/agent/leave, /v1/agent/snapshot, /v1/agent/transfer-leadership,
+// the keyring operations under /v1/operator/keyring, and GET (save) and
+// PUT (restore) /v1/snapshot.
 type API struct {
 	n   *Node
 	cfg APIConfig
