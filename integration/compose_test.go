@@ -118,7 +118,7 @@ func TestComposeCluster(t *testing.T) {
 		fmt.Sprintf("MCPCLUSTER_HTTP_PORT1=%d", cc.ports[0]), fmt.Sprintf("MCPCLUSTER_HTTP_PORT2=%d", cc.ports[1]),
 		fmt.Sprintf("MCPCLUSTER_HTTP_PORT3=%d", cc.ports[2])}
 
-	build := exec.Command("make", "image", "IMAGE="+image, "BIN="+filepath.Join(t.TempDir(), "mcpcluster"))
+	build := exec.Command("make", "image", "IMAGE="+image)
 	build.Dir = cc.root
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("make image: %v: %s", err, out)

@@ -52,7 +52,7 @@ func newDockerCluster(t *testing.T, n int) *dockerCluster {
 	// The image, as make image builds it: the static binary, a CA bundle,
 	// a non-root user.
 	_, file, _, _ := runtime.Caller(0)
-	build := exec.Command("make", "image", "IMAGE="+d.image, "BIN="+filepath.Join(t.TempDir(), "mcpcluster"))
+	build := exec.Command("make", "image", "IMAGE="+d.image)
 	build.Dir = filepath.Dir(filepath.Dir(file))
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("make image: %v: %s", err, out)
