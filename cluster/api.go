@@ -102,7 +102,8 @@ func DefaultAPIConfig() APIConfig { return APIConfig{} }
 // reads /v1/status, /v1/fsm/hash, /v1/catalog, /v1/cache (list) and
 // /v1/cache/{key}, and the writes PUT and DELETE /v1/cache/{key},
 // /v1/agent/leave, /v1/agent/snapshot, /v1/agent/transfer-leadership,
-// the keyring operations under /v1/operator/keyring, and GET (save) and
+// the keyring operations under /v1/operator/keyring, GET
+// /v1/operator/raft/peers and POST /v1/operator/raft/remove-peer, and GET (save) and
 // PUT (restore) /v1/snapshot.
 type API struct {
 	n   *Node
@@ -133,6 +134,7 @@ func NewAPI(n *Node, cfg APIConfig) *API {
 	a.handle("POST /v1/agent/transfer-leadership", AccessWrite, a.transferLeadership)
 	a.keyringRoutes()
 	a.snapshotRoutes()
+	a.raftRoutes()
 	return a
 }
 
@@ -430,7 +432,11 @@ func (a *API) leave(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
 	defer cancel()
 	if err := a.n.Leave(ctx); err != nil {
-		writeError(w, http.StatusInternalServerError, fmt.Errorf("leave: %w", err))
+		code := http.StatusInternalServerError
+		if errors.Is(err, ErrQuorum) {
+			code = http.StatusConflict
+		}
+		writeError(w, code, fmt.Errorf("leave: %w", err))
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "left", "node": a.n.id})

@@ -142,8 +142,8 @@ func (n *Node) onLeader(ctx context.Context, local func(ctx context.Context) err
 		}
 		notLeader, err := remote(ctx, addr)
 		switch {
-		case errors.Is(err, ErrRefused):
-			return err
+		case errors.Is(err, ErrRefused), errors.Is(err, ErrQuorum), errors.Is(err, ErrInvalid):
+			return err // the leader's answer, not worth repeating
 		case err != nil:
 			lastErr = err
 		case notLeader:

@@ -636,7 +636,6 @@ func (n *Node) reachable(addr string) bool {
 // configuration. Shutdown must still be called afterwards.
 func (n *Node) Leave(ctx context.Context) error {
 	n.logger.Info("leaving the cluster")
-	_ = n.SetStatus(membership.StatusStopping)
 	servers, err := n.Servers()
 	if err != nil {
 		return err
@@ -647,10 +646,19 @@ func (n *Node) Leave(ctx context.Context) error {
 			others++
 		}
 	}
+	// Ask the leader before anything changes: a node that left gossip and
+	// was then refused would be stranded, and a removal that leaves the
+	// healthy voters short of a majority stops every write.
+	if others > 0 && hasServer(servers, n.id) {
+		if err := n.RemovePeer(ctx, n.id, true); err != nil {
+			return fmt.Errorf("leave refused: %w", err)
+		}
+	}
+	_ = n.SetStatus(membership.StatusStopping)
 	if n.IsLeader() && others > 0 {
 		if err := n.TransferLeadership(); err != nil {
 			n.logger.Warn("leadership transfer failed; removing self as leader", "error", err)
-			if err := n.raft.RemoveServer(raft.ServerID(n.id), 0, 0).Error(); err != nil {
+			if err := n.removeServer(ctx, n.id); err != nil {
 				return fmt.Errorf("remove self from raft: %w", err)
 			}
 		}

@@ -102,12 +102,17 @@ func (s *rpcService) RemovePeer(args RemovePeerArgs, reply *RemovePeerReply) err
 		reply.NotLeader = true
 		return nil
 	}
-	if err := s.n.raft.RemoveServer(raft.ServerID(args.ID), 0, 0).Error(); err != nil {
-		if isRetryable(err) {
+	if servers, err := s.n.Servers(); err == nil && !hasServer(servers, args.ID) {
+		return nil // removed already: a retry
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.n.cfg.ApplyTimeout)
+	defer cancel()
+	if err := s.n.removeServer(ctx, args.ID); err != nil {
+		if errors.Is(err, errRetry) {
 			reply.NotLeader = true
 			return nil
 		}
-		return fmt.Errorf("remove server %s: %w", args.ID, err)
+		return err
 	}
 	s.n.logger.Info("removed server on its request", "id", args.ID)
 	return nil

@@ -24,6 +24,7 @@ Commands:
   cache     get, set, delete and list keys of the shared cache
   bench     load-test running nodes (bench suite: the standard report)
   leave     make a node leave the cluster gracefully and exit
+  operator  raft list-peers, raft remove-peer ID (only while quorum holds)
   health    exit 0 when a node is ready (/readyz), 1 otherwise: for health checks
   tls       create a cluster CA and node certificates (tls ca create, tls cert create)
   keygen    print a new gossip encryption key
@@ -59,6 +60,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runCache(args[1:], os.Stdin, stdout, stderr)
 	case "tools":
 		err = runTools(args[1:], stdout, stderr)
+	case "operator":
+		err = runOperator(args[1:], stdout, stderr)
 	case "health":
 		err = runHealth(args[1:], stdout, stderr)
 	case "leave":
