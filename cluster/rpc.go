@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/rpc"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -135,19 +136,41 @@ func (s *rpcService) Unreachable(args UnreachableArgs, reply *UnreachableReply) 
 // rpcPool keeps one multiplexed net/rpc client per peer address.
 type rpcPool struct {
 	mu          sync.Mutex
-	clients     map[string]*rpc.Client
+	clients     map[string]*pooledClient
 	dialTimeout time.Duration
 	dial        func(addr string, timeout time.Duration) (net.Conn, error)
 	closed      bool
 }
 
+// pooledClient is a shared client and its connection, which notes when it
+// last received anything: a caller whose deadline passes closes the
+// connection only if the peer has been silent since that call was sent (a
+// paused peer), not while it answers other callers (a slow call).
+type pooledClient struct {
+	*rpc.Client
+	conn *activityConn
+}
+
+type activityConn struct {
+	net.Conn
+	lastRead atomic.Int64 // unix ns
+}
+
+func (c *activityConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.lastRead.Store(time.Now().UnixNano())
+	}
+	return n, err
+}
+
 func newRPCPool(dialTimeout time.Duration, dial func(addr string, timeout time.Duration) (net.Conn, error)) *rpcPool {
-	return &rpcPool{clients: make(map[string]*rpc.Client), dialTimeout: dialTimeout, dial: dial}
+	return &rpcPool{clients: make(map[string]*pooledClient), dialTimeout: dialTimeout, dial: dial}
 }
 
 var errPoolClosed = errors.New("rpc pool closed")
 
-func (p *rpcPool) client(ctx context.Context, addr string) (*rpc.Client, error) {
+func (p *rpcPool) client(ctx context.Context, addr string) (*pooledClient, error) {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -167,7 +190,9 @@ func (p *rpcPool) client(ctx context.Context, addr string) (*rpc.Client, error) 
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}
-	c := newRPCClient(conn)
+	ac := &activityConn{Conn: conn}
+	ac.lastRead.Store(time.Now().UnixNano())
+	c := &pooledClient{Client: newRPCClient(ac), conn: ac}
 
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -183,7 +208,7 @@ func (p *rpcPool) client(ctx context.Context, addr string) (*rpc.Client, error) 
 	return c, nil
 }
 
-func (p *rpcPool) drop(addr string, c *rpc.Client) {
+func (p *rpcPool) drop(addr string, c *pooledClient) {
 	p.mu.Lock()
 	if p.clients[addr] == c {
 		delete(p.clients, addr)
@@ -193,12 +218,15 @@ func (p *rpcPool) drop(addr string, c *rpc.Client) {
 }
 
 // call runs one RPC against addr, bounded by ctx. A broken connection is
-// dropped from the pool so the next call dials afresh.
+// dropped from the pool so the next call dials afresh; so is one that has
+// said nothing since this call was sent when its deadline passes (a paused
+// peer). A connection that answers others while this call is slow stays.
 func (p *rpcPool) call(ctx context.Context, addr, method string, args, reply any) error {
 	c, err := p.client(ctx, addr)
 	if err != nil {
 		return err
 	}
+	sent := time.Now().UnixNano()
 	call := c.Go("Cluster."+method, args, reply, make(chan *rpc.Call, 1))
 	select {
 	case <-call.Done:
@@ -211,8 +239,7 @@ func (p *rpcPool) call(ctx context.Context, addr, method string, args, reply any
 		}
 		return nil
 	case <-ctx.Done():
-		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			// The connection may be wedged (a paused peer); start over next time.
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) && c.conn.lastRead.Load() < sent {
 			p.drop(addr, c)
 		}
 		return fmt.Errorf("rpc %s to %s: %w", method, addr, ctx.Err())
