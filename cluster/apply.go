@@ -309,7 +309,7 @@ func (n *Node) leaderReadIndex(ctx context.Context, linearizable bool) (uint64, 
 	if n.raft.State() != raft.Leader {
 		return 0, errRetry
 	}
-	if !n.leaderReady.Load() {
+	if !n.leaderReady() {
 		// No entry of this term committed yet: the commit index may be behind.
 		return 0, fmt.Errorf("%w: leader has not committed in its term yet", errRetry)
 	}

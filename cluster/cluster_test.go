@@ -323,3 +323,45 @@ func TestShutdownRightAfterLeadership(t *testing.T) {
 		}
 	}
 }
+
+// Leader readiness belongs to a term: a node that leads again later runs
+// its barrier again before it serves read-index reads, and a node that
+// lost leadership is not ready.
+func TestLeaderReadinessPerTerm(t *testing.T) {
+	nodes := newTestCluster(t, 3)
+	a := waitStable(t, nodes, 3)
+	var b *Node
+	for _, nd := range nodes {
+		if nd != a {
+			b = nd
+		}
+	}
+	waitFor(t, 10*time.Second, func() error {
+		if !a.leaderReady() {
+			return errors.New("leader has not passed its barrier yet")
+		}
+		return nil
+	})
+	firstTerm := a.leaderTerm.Load()
+	for _, hop := range []struct{ from, to *Node }{{a, b}, {b, a}} {
+		if err := hop.from.TransferLeadershipTo(hop.to.ID()); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 10*time.Second, func() error {
+			if !hop.to.leaderReady() {
+				return fmt.Errorf("%s not a ready leader yet", hop.to.ID())
+			}
+			return nil
+		})
+		if hop.from.leaderReady() {
+			t.Fatalf("%s still ready after handing leadership over", hop.from.ID())
+		}
+	}
+	if got := a.leaderTerm.Load(); got <= firstTerm || got != a.raft.CurrentTerm() {
+		t.Fatalf("re-elected leader ready for term %d (first term %d, current %d)", got, firstTerm, a.raft.CurrentTerm())
+	}
+	set(t, b, "after-reelection", "v")
+	if v, _ := readAt(t, b, Linearizable, "after-reelection"); v != "v" {
+		t.Fatalf("linearizable read after re-election: %q", v)
+	}
+}

@@ -49,11 +49,18 @@ func (n *Node) monitorLeadership() {
 // every entry of earlier terms, then reconciliation of gossip into raft.
 func (n *Node) leaderLoop(stop chan struct{}) {
 	for {
+		term := n.raft.CurrentTerm()
 		ctx, cancel := stopContext(stop)
 		err := n.await(ctx, n.raft.Barrier(n.cfg.ApplyTimeout))
 		cancel()
-		if err == nil {
+		if err == nil && n.raft.CurrentTerm() == term {
+			// Every entry of earlier terms is applied: this term's
+			// leader may serve read-index reads.
+			n.leaderTerm.Store(term)
 			break
+		}
+		if err == nil {
+			continue // a new term began meanwhile: barrier again in it
 		}
 		if ctx.Err() != nil || errors.Is(err, ErrShutdown) {
 			return
@@ -65,8 +72,7 @@ func (n *Node) leaderLoop(stop chan struct{}) {
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
-	n.leaderReady.Store(true)
-	defer n.leaderReady.Store(false)
+	defer n.leaderTerm.Store(0)
 	defer func() {
 		n.unreachMu.Lock()
 		clear(n.unreachable)
@@ -102,11 +108,13 @@ func (n *Node) leaderLoop(stop chan struct{}) {
 			case <-changes:
 				waiting = false
 			case <-expiry.C:
-				ctx, cancel := context.WithTimeout(context.Background(), n.cfg.ApplyTimeout)
-				if err := n.expireCache(ctx); err != nil {
+				sctx, scancel := stopContext(stop)
+				ctx, cancel := context.WithTimeout(sctx, n.cfg.ApplyTimeout)
+				if err := n.expireCache(ctx); err != nil && sctx.Err() == nil {
 					n.logger.Warn("cache expiry failed", "error", err)
 				}
 				cancel()
+				scancel()
 			}
 		}
 	}

@@ -66,8 +66,8 @@ type Node struct {
 	reconcileCh   chan struct{}
 	bootstrapCh   chan struct{}
 	forwardCh     chan *forwardReq // writes waiting to be batched to the leader
-	leaderReady   atomic.Bool
-	leaderChanges atomic.Uint64 // leader changes this node observed
+	leaderTerm    atomic.Uint64    // the term whose leader loop passed its barrier; 0: none
+	leaderChanges atomic.Uint64    // leader changes this node observed
 
 	shutdownCh   chan struct{}
 	shutdownOnce sync.Once
@@ -394,6 +394,13 @@ func (n *Node) TransferLeadershipTo(id string) error {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// leaderReady reports whether this node leads in a term whose barrier it
+// has passed: its FSM holds every entry of earlier terms.
+func (n *Node) leaderReady() bool {
+	t := n.leaderTerm.Load()
+	return t != 0 && t == n.raft.CurrentTerm() && n.raft.State() == raft.Leader
 }
 
 // LeaderChanges is how many times this node saw the leader change.

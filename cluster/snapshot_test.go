@@ -470,7 +470,7 @@ func TestRestoreSpoolsRemovedAtStart(t *testing.T) {
 	// Shutting down before the leader loop's barrier returned can hang
 	// (the barrier's future is never answered): let it finish first.
 	waitFor(t, 10*time.Second, func() error {
-		if !nd.leaderReady.Load() {
+		if !nd.leaderReady() {
 			return errors.New("leader loop not past its barrier")
 		}
 		return nil
