@@ -125,6 +125,7 @@ type Server struct {
 
 	ready     chan struct{} // closed once providers are declared and the catalog registered
 	readyOnce sync.Once
+	declared  atomic.Bool // this node's providers are in the replicated state
 
 	stop chan struct{}
 	done chan struct{}
@@ -419,6 +420,7 @@ func (s *Server) syncLoop() {
 	defer loadTicker.Stop()
 	gossiped := int64(0)
 	declared := false
+	var declaredAt uint64 // the index of the declaration, once committed
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		go func() {
@@ -428,13 +430,21 @@ func (s *Server) syncLoop() {
 			case <-ctx.Done():
 			}
 		}()
+		// Declare again whenever the replicated state lost the declaration
+		// (removed by the dead-server timeout, a data wipe, a restore) once
+		// this node's replica has caught up with the last one.
+		if declared && s.cfg.Cluster.FSM().LastIndex() >= declaredAt && !s.declaredInFSM() {
+			s.logger.Info("this node's providers are missing from the replicated state; declaring them again")
+			declared = false
+		}
 		if !declared {
-			if err := s.declare(ctx); err != nil {
+			if idx, err := s.declare(ctx); err != nil {
 				s.logger.Debug("providers not declared yet", "error", err)
 			} else {
-				declared = true
+				declared, declaredAt = true, idx
 			}
 		}
+		s.declared.Store(declared)
 		s.syncProviders(ctx)
 		s.syncTools()
 		s.sessions.forget()
@@ -469,14 +479,31 @@ const loadInterval = time.Second
 // cluster's tools.
 func (s *Server) Ready() <-chan struct{} { return s.ready }
 
-// ReadyErr is nil once Ready is closed, else the reason.
+// ReadyErr is nil once Ready is closed and while this node's providers
+// are declared in the replicated state, else the reason.
 func (s *Server) ReadyErr() error {
 	select {
 	case <-s.ready:
-		return nil
 	default:
 		return errors.New("mcp catalog not in sync yet")
 	}
+	if !s.declared.Load() {
+		return errors.New("this node's providers are not declared in the replicated state yet")
+	}
+	return nil
+}
+
+// declaredInFSM reports whether the replicated state lists this node as
+// declaring every one of its providers.
+func (s *Server) declaredInFSM() bool {
+	f := s.cfg.Cluster.FSM()
+	for name := range s.local {
+		p, ok := f.Provider(name)
+		if !ok || !containsString(p.Nodes, s.node) {
+			return false
+		}
+	}
+	return true
 }
 
 // everywhereRegistered reports whether every tool of the providers that
@@ -503,14 +530,18 @@ func (s *Server) everywhereRegistered() bool {
 	return true
 }
 
-// declare tells the cluster which providers this node can run.
-func (s *Server) declare(ctx context.Context) error {
+// declare tells the cluster which providers this node can run, and
+// returns the index of the command that did.
+func (s *Server) declare(ctx context.Context) (uint64, error) {
 	provs := make([]fsm.Provider, 0, len(s.local))
 	for name, lp := range s.local {
 		provs = append(provs, fsm.Provider{Name: name, Replicas: lp.spec.Replicas, CacheTTL: int64(lp.spec.CacheTTL)})
 	}
-	_, err := s.cfg.Cluster.Apply(ctx, &fsm.Command{Type: fsm.TypeProviders, NodeID: s.node, Providers: provs})
-	return err
+	res, err := s.cfg.Cluster.Apply(ctx, &fsm.Command{Type: fsm.TypeProviders, NodeID: s.node, Providers: provs})
+	if err != nil {
+		return 0, err
+	}
+	return res.Index, nil
 }
 
 // assigned reports whether this node should run provider name now.
