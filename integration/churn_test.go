@@ -1,9 +1,11 @@
 package integration
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -51,4 +53,54 @@ func TestReturningNodeDeclaresProvidersAgain(t *testing.T) {
 		}
 	}
 	n3.waitLog(5*time.Second, "declaring them again")
+}
+
+// Churn: SIGTERM the holder of a replicas: 1 stdio provider while calls of
+// its slow, non-idempotent tool run in it through another node. The
+// provider moves, but the instance on the draining holder takes no new
+// call and finishes the ones inside before it is closed: none fails.
+func TestDrainFinishesProviderCalls(t *testing.T) {
+	providers := fmt.Sprintf("  - name: slow\n    type: stdio\n    command: [%q]\n    env: [STDIO_SERVER_DELAY=1500ms]\n    prefix: slow_\n    replicas: 1\n", stdioServer)
+	c := newProviderCluster(t, 3, providers)
+	holder := c.node(c.nodes[0].holders(t, "slow_tick", 1)[0])
+	via := c.except(holder.id)[0]
+	cl := mcpgoClient(t, via.mcpURL(), legacy)
+
+	const calls = 6
+	type result struct {
+		text, ranOn string
+		err         error
+	}
+	results := make(chan result, calls)
+	for range calls {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			text, ranOn, err := callTool(ctx, cl, "slow_tick", nil)
+			results <- result{text, ranOn, err}
+		}()
+	}
+	time.Sleep(500 * time.Millisecond) // the calls are inside the provider on the holder
+	holder.signal(syscall.SIGTERM)
+	for range calls {
+		r := <-results
+		if r.err != nil {
+			t.Errorf("call in flight during the holder's drain failed: %v", r.err)
+		} else if r.ranOn != holder.id {
+			t.Errorf("call ran on %s, want the old holder %s", r.ranOn, holder.id)
+		}
+	}
+	if code, ok := holder.wait(30 * time.Second); !ok || code != 0 {
+		t.Fatalf("holder after drain: exited=%v code=%d", ok, code)
+	}
+	if !strings.Contains(holder.log(), "stopped after its calls") {
+		t.Error("the old holder did not log closing the provider after its calls")
+	}
+	// New calls go to the new holder.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	text, ranOn, err := callTool(ctx, cl, "slow_tick", nil)
+	if err != nil || ranOn == holder.id || !strings.HasPrefix(text, "tick") {
+		t.Fatalf("call after the move: %q on %s, %v", text, ranOn, err)
+	}
 }

@@ -125,7 +125,8 @@ type Server struct {
 
 	ready     chan struct{} // closed once providers are declared and the catalog registered
 	readyOnce sync.Once
-	declared  atomic.Bool // this node's providers are in the replicated state
+	declared  atomic.Bool    // this node's providers are in the replicated state
+	closers   sync.WaitGroup // providers moved away, closing once their calls end
 
 	stop chan struct{}
 	done chan struct{}
@@ -135,8 +136,13 @@ type Server struct {
 type localProvider struct {
 	spec    ProviderSpec
 	mu      sync.Mutex
-	running bool
+	running bool // taking calls
 	tools   map[string]bool
+	// calls is how many calls are inside the provider; closing is set
+	// while a provider moved away finishes them before it is closed.
+	calls   int
+	closing bool
+	idle    chan struct{} // closed when calls reaches 0 while closing
 }
 
 // New builds the MCP front door and starts keeping its catalog in sync.
@@ -390,6 +396,7 @@ func (s *Server) Close() error {
 	}
 	close(s.stop)
 	<-s.done
+	s.closers.Wait() // providers moved away: closed now
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = s.http.Shutdown(ctx)
@@ -573,12 +580,19 @@ func (s *Server) syncProviders(ctx context.Context) {
 			}
 			lp.running = true
 			s.logger.Info("provider running here", "provider", name)
+		case want && !lp.running && lp.closing:
+			// Moved back while its last calls finish: started again once closed.
 		case !want && lp.running && lp.spec.Replicas > 0:
-			if err := lp.spec.Close(); err != nil {
-				s.logger.Warn("provider failed to stop", "provider", name, "error", err)
+			// Moved away: take no new call (callers go to the new holder),
+			// finish those inside, then close.
+			lp.running, lp.tools, lp.closing = false, nil, true
+			lp.idle = make(chan struct{})
+			if lp.calls == 0 {
+				close(lp.idle)
 			}
-			lp.running, lp.tools = false, nil
-			s.logger.Info("provider no longer assigned here, stopped", "provider", name)
+			s.logger.Info("provider no longer assigned here; finishing its calls", "provider", name, "calls", lp.calls)
+			s.closers.Add(1)
+			go s.closeWhenIdle(name, lp, lp.idle)
 		}
 		running := lp.running
 		lp.mu.Unlock()
@@ -700,11 +714,19 @@ func (s *Server) runLocal(ctx context.Context, params mcplib.CallToolParams) (*m
 		return nil, fmt.Errorf("%w: %s", ErrNotHolder, ct.Provider)
 	}
 	lp.mu.Lock()
-	running := lp.running
-	lp.mu.Unlock()
-	if !running {
+	if !lp.running {
+		lp.mu.Unlock()
 		return nil, fmt.Errorf("%w: %s is not running here", ErrNotHolder, ct.Provider)
 	}
+	lp.calls++
+	lp.mu.Unlock()
+	defer func() {
+		lp.mu.Lock()
+		if lp.calls--; lp.calls == 0 && lp.closing {
+			close(lp.idle)
+		}
+		lp.mu.Unlock()
+	}()
 	s.inflight.Add(1)
 	defer s.inflight.Add(-1)
 	res, err := lp.spec.Call(ctx, mcplib.CallToolRequest{Request: mcplib.Request{Method: string(mcplib.MethodToolsCall)}, Params: params})
@@ -712,6 +734,42 @@ func (s *Server) runLocal(ctx context.Context, params mcplib.CallToolParams) (*m
 		return res, err
 	}
 	return ranOn(res, s.node), nil
+}
+
+// closeWhenIdle closes a provider moved away from this node once its calls
+// are done, or after the longest call timeout, or when the server stops.
+func (s *Server) closeWhenIdle(name string, lp *localProvider, idle chan struct{}) {
+	defer s.closers.Done()
+	t := time.NewTimer(s.longestTimeout())
+	defer t.Stop()
+	finished := true
+	select {
+	case <-idle:
+	case <-t.C:
+		finished = false
+	case <-s.stop:
+		finished = false
+	}
+	lp.mu.Lock()
+	defer lp.mu.Unlock()
+	if err := lp.spec.Close(); err != nil {
+		s.logger.Warn("provider failed to stop", "provider", name, "error", err)
+	}
+	lp.closing = false
+	if finished {
+		s.logger.Info("provider no longer assigned here, stopped after its calls", "provider", name)
+	} else {
+		s.logger.Warn("provider closed with calls still inside", "provider", name, "calls", lp.calls)
+	}
+}
+
+// longestTimeout is the longest a call may take here.
+func (s *Server) longestTimeout() time.Duration {
+	d := s.cfg.CallTimeout
+	for _, t := range s.cfg.ToolTimeouts {
+		d = max(d, t)
+	}
+	return d
 }
 
 func containsString(s []string, v string) bool {

@@ -20,6 +20,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	mcplib "github.com/mark3labs/mcp-go/mcp"
@@ -76,6 +77,15 @@ func main() {
 		res := mcplib.NewToolResultText(strings.Join(names, "\n"))
 		res.StructuredContent = map[string]any{"names": names}
 		return res, nil
+	})
+	var ticks atomic.Int64
+	s.AddTool(mcplib.NewTool("tick",
+		mcplib.WithDescription("Counts its calls and returns the count: a tool with a side effect, not safe to repeat."),
+		mcplib.WithReadOnlyHintAnnotation(false),
+		mcplib.WithIdempotentHintAnnotation(false),
+		mcplib.WithDestructiveHintAnnotation(false),
+	), func(context.Context, mcplib.CallToolRequest) (*mcplib.CallToolResult, error) {
+		return mcplib.NewToolResultText(fmt.Sprintf("tick %d of pid %d", ticks.Add(1), os.Getpid())), nil
 	})
 	if err := server.ServeStdio(s); err != nil {
 		fmt.Fprintln(os.Stderr, "stdio-server:", err)
