@@ -14,7 +14,7 @@ import (
 	"github.com/mcpcluster/mcpcluster/membership"
 )
 
-// Gossip keys rotate across a running cluster as in Consul: install the
+// Gossip keys rotate across a running cluster in three steps: install the
 // new key everywhere, make it the primary everywhere, then remove the old
 // one everywhere. The node that takes the request runs each step on every
 // alive member over the cluster RPC and reports each node's answer.

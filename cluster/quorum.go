@@ -191,7 +191,7 @@ func (n *Node) RaftPeers() ([]RaftPeer, error) {
 }
 
 // raftRoutes adds GET /v1/operator/raft/peers (read) and POST
-// /v1/operator/raft/remove-peer?id=ID (write), as Consul's operator raft.
+// /v1/operator/raft/remove-peer?id=ID (write).
 func (a *API) raftRoutes() {
 	a.handle("GET /v1/operator/raft/peers", AccessRead, func(w http.ResponseWriter, _ *http.Request) {
 		peers, err := a.n.RaftPeers()

@@ -23,7 +23,7 @@ import (
 	"github.com/mcpcluster/mcpcluster/fsm"
 )
 
-// Snapshot archives, as Consul's `consul snapshot save`: a gzipped tar of
+// Snapshot archives: a gzipped tar of
 //
 //	meta.json   the raft snapshot's metadata (SnapshotMeta)
 //	state.bin   the FSM's snapshot stream, exactly as raft stores it

@@ -298,7 +298,7 @@ func TestGossipKeyAdmissionAndRotation(t *testing.T) {
 	wrongKey.stop(10 * time.Second)
 	noKey.stop(10 * time.Second)
 
-	// Rotation, as Consul: install everywhere, use everywhere, remove the old.
+	// Rotation: install everywhere, use everywhere, remove the old.
 	_, newKey, _ := runCLI(t, "keygen")
 	newKey = strings.TrimSpace(newKey)
 	env := []string{"MCPCLUSTER_ADMIN_TOKEN=" + sec.writeToken}

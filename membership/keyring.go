@@ -133,7 +133,7 @@ func (m *Membership) Encrypted() bool {
 // KeyringOp is a gossip keyring operation.
 type KeyringOp string
 
-// Keyring operations, as Consul's `keyring -install/-use/-remove/-list`.
+// Keyring operations.
 const (
 	KeyringList    KeyringOp = "list"
 	KeyringInstall KeyringOp = "install"

@@ -297,7 +297,7 @@ func (m *Membership) Joined() bool { return m.joined.Load() && !m.left.Load() }
 // is idempotent.
 //
 // memberlist v0.6.0 does not tell NotifyLeave whether a node left or failed
-// (hashicorp/memberlist#293), so, like serf, the leaving node first gossips
+// (hashicorp/memberlist#293), so the leaving node first gossips
 // a leave intent of its own; members that saw it report StateLeft.
 func (m *Membership) Leave(timeout time.Duration) error {
 	m.lifeMu.Lock()

@@ -15,7 +15,7 @@ import (
 
 const keyringUsage = `Usage: mcpcluster keyring <list|install|use|remove> [flags] [KEY]
 
-Gossip encryption keys of every alive node, as Consul's keyring command.
+Gossip encryption keys of every alive node.
 Rotate a key: install the new one, use it, then remove the old one.
 
   list           every node's primary key and installed keys

@@ -23,7 +23,7 @@ const operatorUsage = `Usage: mcpcluster operator raft <list-peers|remove-peer> 
   --json             print the raw JSON answer
 `
 
-// runOperator is `mcpcluster operator raft ...`, as Consul's.
+// runOperator is `mcpcluster operator raft ...`: the raft configuration.
 func runOperator(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 1 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
 		fmt.Fprint(stdout, operatorUsage)

@@ -20,8 +20,8 @@ import (
 const snapshotUsage = `Usage: mcpcluster snapshot <save|restore|inspect> [flags] FILE
 
 Save and restore the cluster's replicated state (node registry, tool
-catalog, assignments, MCP sessions, shared cache), as Consul's snapshot
-command. A snapshot holds secrets (cache values, session ids): keep it so.
+catalog, assignments, MCP sessions, shared cache). A snapshot holds
+secrets (cache values, session ids): keep it so.
 
   save FILE      write a snapshot of the state, holding every write
                  acknowledged before the call, to FILE (mode 0600)
