@@ -68,7 +68,7 @@ func newDockerCluster(t *testing.T, n int) *dockerCluster {
 	docker(t, "network", "create", d.clientNw)
 	t.Cleanup(func() {
 		for _, name := range d.names {
-			_ = exec.Command("docker", "rm", "-f", name).Run()
+			_ = exec.Command("docker", "rm", "-f", "-v", name).Run()
 		}
 		_ = exec.Command("docker", "network", "rm", d.cluster, d.clientNw).Run()
 	})
