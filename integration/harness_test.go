@@ -161,6 +161,7 @@ type node struct {
 	// loopback experiment); every other node is secured (see security).
 	plain bool
 	env   []string // extra environment variables of the process
+	token string   // admin token of its API, when not the test's own (sec)
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -331,7 +332,14 @@ var httpClient = &http.Client{Timeout: 10 * time.Second, Transport: withToken(ni
 
 func (n *node) status() (cluster.Status, error) {
 	var st cluster.Status
-	resp, err := httpClient.Get("http://" + n.http + "/v1/status")
+	req, err := http.NewRequest(http.MethodGet, "http://"+n.http+"/v1/status", nil)
+	if err != nil {
+		return st, err
+	}
+	if n.token != "" {
+		req.Header.Set("Authorization", "Bearer "+n.token)
+	}
+	resp, err := httpClient.Do(req)
 	if err != nil {
 		return st, err
 	}

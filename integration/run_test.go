@@ -3,7 +3,6 @@ package integration
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -14,8 +13,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/mcpcluster/mcpcluster/cluster"
 )
 
 // `mcpcluster agent --dev` needs nothing else: it bootstraps alone, takes
@@ -93,33 +90,15 @@ func TestLocalCluster(t *testing.T) {
 	}
 	var token string
 	waitFor(t, 30*time.Second, func() error {
-		if token == "" {
-			b, err := os.ReadFile(filepath.Join(dataDir, "admin.token"))
-			if err != nil {
-				return err
-			}
-			token = strings.TrimSpace(string(b))
-		}
-		leader := ""
-		for _, nd := range nodes {
-			st, err := statusWithToken(nd.http, token)
-			if err != nil {
-				return fmt.Errorf("%s: %w", nd.id, err)
-			}
-			if !st.Ready {
-				return fmt.Errorf("%s not ready: %s", nd.id, st.ReadyError)
-			}
-			if leader == "" {
-				leader = st.Leader.ID
-			} else if st.Leader.ID != leader {
-				return fmt.Errorf("%s sees leader %q, others %q", nd.id, st.Leader.ID, leader)
-			}
-			if got := strings.Join(voters(st), ","); got != "node1,node2,node3" {
-				return fmt.Errorf("%s sees voters %s", nd.id, got)
-			}
-		}
-		return nil
+		b, err := os.ReadFile(filepath.Join(dataDir, "admin.token"))
+		token = strings.TrimSpace(string(b))
+		return err
 	})
+	for _, nd := range nodes {
+		nd.token = token
+	}
+	c := &testCluster{t: t, nodes: nodes}
+	c.waitStable(30*time.Second, nodes, c.ids()...)
 	if !strings.Contains(out.String(), "MCPCLUSTER_ADMIN_TOKEN="+token+"\n") {
 		t.Errorf("admin token not printed:\n%s", out.String())
 	}
@@ -157,23 +136,4 @@ func TestLocalCluster(t *testing.T) {
 	if _, _, err := nodes[0].get(ctx, "x", "stale"); err == nil {
 		t.Fatal("node1 still answers after Ctrl-C")
 	}
-}
-
-// statusWithToken reads a node's /v1/status with the admin token.
-func statusWithToken(addr, token string) (cluster.Status, error) {
-	var st cluster.Status
-	req, err := http.NewRequest(http.MethodGet, "http://"+addr+"/v1/status", nil)
-	if err != nil {
-		return st, err
-	}
-	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := httpClient.Do(req)
-	if err != nil {
-		return st, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return st, fmt.Errorf("status: %s", resp.Status)
-	}
-	return st, json.NewDecoder(resp.Body).Decode(&st)
 }

@@ -29,8 +29,16 @@ func serve(tb testing.TB, h http.Handler) string {
 	return "http://" + ln.Addr().String() + "/mcp"
 }
 
-// newSoloNode starts a one-node cluster with the MCP front door, in process.
+// newSoloNode starts a one-node cluster with the MCP front door, in process,
+// serving the built-in tools.
 func newSoloNode(tb testing.TB) (*cluster.Node, *Server) {
+	return newSoloNodeWith(tb, func(n *cluster.Node) []ProviderSpec {
+		return []ProviderSpec{{Provider: NewBuiltin(BuiltinName, func() any { return n.Status() })}}
+	})
+}
+
+// newSoloNodeWith is newSoloNode with the providers made by providers.
+func newSoloNodeWith(tb testing.TB, providers func(*cluster.Node) []ProviderSpec) (*cluster.Node, *Server) {
 	cfg := cluster.DefaultConfig()
 	cfg.NodeID = "solo"
 	cfg.DataDir = tb.TempDir()
@@ -46,7 +54,7 @@ func newSoloNode(tb testing.TB) (*cluster.Node, *Server) {
 	mc := DefaultConfig()
 	mc.Cluster = n
 	mc.SyncInterval = 100 * time.Millisecond
-	mc.Providers = []ProviderSpec{{Provider: NewBuiltin(BuiltinName, func() any { return n.Status() })}}
+	mc.Providers = providers(n)
 	s, err := New(mc)
 	if err != nil {
 		tb.Fatal(err)

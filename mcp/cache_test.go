@@ -2,7 +2,6 @@ package mcp
 
 import (
 	"context"
-	"log/slog"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -19,19 +18,6 @@ import (
 // tools and "count", a tool whose results are cached, and returns the node,
 // an MCP client of it and how many times count really ran.
 func newCacheNode(t *testing.T) (*cluster.Node, *client.Client, *atomic.Int64) {
-	cfg := cluster.DefaultConfig()
-	cfg.NodeID = "solo"
-	cfg.DataDir = t.TempDir()
-	cfg.RPCBindAddr, cfg.GossipBindAddr = "127.0.0.1:0", "127.0.0.1:0"
-	cfg.GossipProfile = "local"
-	cfg.BootstrapExpect = 1
-	cfg.LogLevel = slog.LevelError
-	n, err := cluster.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.Shutdown() })
-
 	var runs atomic.Int64
 	count := server.ServerTool{
 		Tool: mcplib.NewTool("count", mcplib.WithString("text"), readOnlyTool),
@@ -40,24 +26,12 @@ func newCacheNode(t *testing.T) (*cluster.Node, *client.Client, *atomic.Int64) {
 			return mcplib.NewToolResultText("ran " + req.GetString("text", "")), nil
 		},
 	}
-	mc := DefaultConfig()
-	mc.Cluster = n
-	mc.SyncInterval = 100 * time.Millisecond
-	mc.Providers = []ProviderSpec{
-		{Provider: NewStatic(BuiltinName, CacheTools(n)...)},
-		{Provider: NewStatic("counted", count), Placement: Placement{CacheTTL: time.Minute}},
-	}
-	s, err := New(mc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	n.ServeInternal(s.InternalHandler())
-	select {
-	case <-s.Ready():
-	case <-time.After(20 * time.Second):
-		t.Fatal("mcp front door not ready")
-	}
+	n, s := newSoloNodeWith(t, func(n *cluster.Node) []ProviderSpec {
+		return []ProviderSpec{
+			{Provider: NewStatic(BuiltinName, CacheTools(n)...)},
+			{Provider: NewStatic("counted", count), Placement: Placement{CacheTTL: time.Minute}},
+		}
+	})
 	mux := http.NewServeMux()
 	mux.Handle("/mcp", s.Handler())
 	return n, connect(t, serve(t, mux), mcplib.ProtocolVersion20251125), &runs

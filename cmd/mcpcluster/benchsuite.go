@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -24,13 +23,8 @@ func runBenchSuite(args []string, stdout, stderr io.Writer) error {
 	out := fs.String("out", "docs/benchmarks.md", "report file; the plot goes beside it as .png, the results as .json")
 	duration := fs.Duration("duration", 5*time.Second, "length of each closed-loop run")
 	basePort := fs.Int("base-port", 18700, "ports of the local cluster (node i: base+10*i, +1, +2)")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fs.SetOutput(stderr)
-			fs.PrintDefaults()
-			return err
-		}
-		return usageError{err}
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return err
 	}
 	if *duration <= 0 || *basePort < 1024 || *basePort > 65000 {
 		return usagef("-duration must be positive and -base-port 1024 to 65000")

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -25,16 +24,8 @@ func runBenchTLSCost(args []string, stdout, stderr io.Writer) error {
 	rounds := fs.Int("rounds", 3, "runs of each scenario on each cluster; the median is reported")
 	only := fs.String("only", "", "run only the scenarios whose name contains this")
 	basePort := fs.Int("base-port", 18800, "ports of the plain cluster (node i: base+10*i, +1, +2); the secured one uses base+100")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fs.SetOutput(stderr)
-			fs.PrintDefaults()
-			return err
-		}
-		return usageError{err}
-	}
-	if fs.NArg() > 0 {
-		return usagef("unexpected argument %q", fs.Arg(0))
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return err
 	}
 	if *duration <= 0 || *rounds < 1 || *basePort < 1024 || *basePort > 65000 {
 		return usagef("-duration and -rounds must be positive, -base-port 1024 to 65000")

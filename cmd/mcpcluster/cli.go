@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -85,27 +86,47 @@ func parseClientArgs(name string, args []string, stderr io.Writer) (clientFlags,
 	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "how long to wait for the node")
 	token := tokenFlag(fs)
 	fs.SetOutput(io.Discard)
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			if err == flag.ErrHelp {
-				fs.SetOutput(stderr)
-				fs.PrintDefaults()
-				return c, nil, err
-			}
-			return c, nil, usageError{err}
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		pos = append(pos, fs.Arg(0))
-		args = fs.Args()[1:]
+	pos, err := parseFlagsArgs(fs, args, stderr)
+	if err != nil {
+		return c, nil, err
 	}
 	if err := checkHostPort(strings.TrimPrefix(c.addr, "http://"), false); err != nil {
 		return c, nil, usagef("-http-addr %q: %v", c.addr, err)
 	}
 	c.token = token()
 	return c, pos, nil
+}
+
+// parseFlags parses args into fs; -h prints the flags, anything else
+// wrong (including a positional argument) is a usageError.
+func parseFlags(fs *flag.FlagSet, args []string, stderr io.Writer) error {
+	pos, err := parseFlagsArgs(fs, args, stderr)
+	if err == nil && len(pos) > 0 {
+		err = usagef("unexpected argument %q", pos[0])
+	}
+	return err
+}
+
+// parseFlagsArgs parses args into fs, flags before or after positional
+// arguments, and returns the positional ones; -h prints the flags, a bad
+// flag is a usageError.
+func parseFlagsArgs(fs *flag.FlagSet, args []string, stderr io.Writer) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				fs.SetOutput(stderr)
+				fs.PrintDefaults()
+				return nil, err
+			}
+			return nil, usageError{err}
+		}
+		if fs.NArg() == 0 {
+			return pos, nil
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
 }
 
 func (c clientFlags) url(path string) string {

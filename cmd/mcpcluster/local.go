@@ -164,13 +164,8 @@ func runLocal(args []string, stdout, stderr io.Writer) error {
 	dataDir := fs.String("data-dir", "data/local", "parent directory of the nodes' data dirs (kept between runs)")
 	basePort := fs.Int("base-port", 8700, "node i listens on base+10*i (HTTP), +1 (RPC), +2 (gossip)")
 	logLevel := fs.String("log-level", "warn", "log level of the nodes")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fs.SetOutput(stderr)
-			fs.PrintDefaults()
-			return err
-		}
-		return usageError{err}
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return err
 	}
 	if *nodes < 1 || *nodes > 9 {
 		return usagef("-nodes %d: want 1 to 9", *nodes)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -30,17 +29,10 @@ func runSecrets(args []string, stdout, stderr io.Writer) error {
 		nodes = append(nodes, v)
 		return nil
 	})
-	if err := fs.Parse(args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fs.SetOutput(stderr)
-			fs.PrintDefaults()
-			return err
-		}
-		return usageError{err}
+	if err := parseFlags(fs, args[1:], stderr); err != nil {
+		return err
 	}
 	switch {
-	case fs.NArg() > 0:
-		return usagef("unexpected argument %q", fs.Arg(0))
 	case *dir == "":
 		return usagef("-dir is required")
 	case len(nodes) == 0:
@@ -61,15 +53,10 @@ func runShowToken(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("secrets show-token", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	dir := fs.String("dir", "", "directory of the secrets")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fs.SetOutput(stderr)
-			fs.PrintDefaults()
-			return err
-		}
-		return usageError{err}
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return err
 	}
-	if *dir == "" || fs.NArg() > 0 {
+	if *dir == "" {
 		return usagef("usage: mcpcluster secrets show-token --dir DIR")
 	}
 	b, err := os.ReadFile(filepath.Join(*dir, localTokenFile))

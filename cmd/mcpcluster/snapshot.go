@@ -239,21 +239,9 @@ func runSnapshotInspect(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("snapshot inspect", flag.ContinueOnError)
 	asJSON := fs.Bool("json", false, "print the summary as JSON")
 	fs.SetOutput(io.Discard)
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			if err == flag.ErrHelp {
-				fs.SetOutput(stderr)
-				fs.PrintDefaults()
-				return err
-			}
-			return usageError{err}
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		pos = append(pos, fs.Arg(0))
-		args = fs.Args()[1:]
+	pos, err := parseFlagsArgs(fs, args, stderr)
+	if err != nil {
+		return err
 	}
 	if len(pos) != 1 {
 		return usagef("snapshot inspect needs one FILE")

@@ -41,7 +41,7 @@ const (
 // runKeygen prints a new random gossip encryption key, base64-encoded.
 func runKeygen(args []string, stdout, stderr io.Writer) error {
 	fs := newToolFlagSet("keygen")
-	if err := parseToolFlags(fs, args, stderr); err != nil {
+	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
 	}
 	key, err := newGossipKey()
@@ -84,7 +84,7 @@ func runTLSCACreate(args []string, stdout, stderr io.Writer) error {
 	dir := fs.String("dir", ".", "directory to write "+caCertFile+" and "+caKeyFile+" into")
 	days := fs.Int("days", defaultCADays, "days the CA is valid")
 	commonName := fs.String("common-name", "mcpcluster CA", "the CA's subject common name")
-	if err := parseToolFlags(fs, args, stderr); err != nil {
+	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
 	}
 	if *days < 1 {
@@ -116,7 +116,7 @@ func runTLSCertCreate(args []string, stdout, stderr io.Writer) error {
 	caKeyPath := fs.String("ca-key", caKeyFile, "CA private key")
 	dir := fs.String("dir", ".", "directory to write <node>.pem and <node>-key.pem into")
 	days := fs.Int("days", defaultCertDays, "days the certificate is valid (at most the CA's lifetime)")
-	if err := parseToolFlags(fs, args, stderr); err != nil {
+	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
 	}
 	if *node == "" {
@@ -168,23 +168,6 @@ func newToolFlagSet(name string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	return fs
-}
-
-// parseToolFlags parses args into fs; -h prints the flags, anything else
-// wrong (including a positional argument) is a usageError.
-func parseToolFlags(fs *flag.FlagSet, args []string, stderr io.Writer) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fs.SetOutput(stderr)
-			fs.PrintDefaults()
-			return err
-		}
-		return usageError{err}
-	}
-	if fs.NArg() > 0 {
-		return usagef("unexpected argument %q", fs.Arg(0))
-	}
-	return nil
 }
 
 // listFlag is a repeatable string flag.
