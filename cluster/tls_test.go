@@ -267,6 +267,19 @@ func TestTLSCertificateReload(t *testing.T) {
 		return conn.(*tls.Conn).ConnectionState().PeerCertificates[0].SerialNumber.String()
 	}
 	old := serial()
+	// A half-written pair (a new key, the old certificate) does not load:
+	// the node keeps serving the loaded certificate.
+	_, strayKey, err := CreateNodeCert(ca.certPEM, ca.key, "n1", nil, nil, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfg.TLSKeyFile, strayKey, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(reloadCheck + 100*time.Millisecond) // past the next reload check
+	if got := serial(); got != old {
+		t.Fatalf("a mismatched key and certificate replaced the loaded pair: serial %s, was %s", got, old)
+	}
 	// New files from the same CA, written over the old ones.
 	cert, key, err := CreateNodeCert(ca.certPEM, ca.key, "n1", nil, nil, time.Hour)
 	if err != nil {
