@@ -80,7 +80,8 @@ func NewRequestID() string {
 // elsewhere forwarded to the leader over the cluster RPC. It stamps the
 // proposer's time and a request id, so retries after a lost leader or a
 // broken connection are applied at most once. It retries until ctx ends
-// (or ApplyTimeout when ctx has no deadline).
+// (or ApplyTimeout when ctx has no deadline), and never past fsm.MaxRetry
+// after the stamp.
 func (n *Node) Apply(ctx context.Context, cmd *fsm.Command) (*fsm.Result, error) {
 	if cmd.RequestID == "" {
 		cmd.RequestID = NewRequestID()
@@ -92,6 +93,11 @@ func (n *Node) Apply(ctx context.Context, cmd *fsm.Command) (*fsm.Result, error)
 	if err != nil {
 		return nil, fmt.Errorf("encode command: %w", err)
 	}
+	// The FSM remembers the request id for fsm.DedupeWindow after the
+	// stamp: retries stop well inside it, so a late retry of an applied
+	// command is still found a duplicate.
+	ctx, cancel := context.WithDeadline(ctx, time.Unix(0, cmd.Now).Add(fsm.MaxRetry))
+	defer cancel()
 	var res *fsm.Result
 	err = n.onLeader(ctx, func(ctx context.Context) (err error) {
 		res, err = n.applyLocal(ctx, data)

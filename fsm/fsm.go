@@ -13,13 +13,15 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/raft"
 )
 
 const (
-	// dedupeSize is how many distinct request ids the FSM remembers.
-	dedupeSize = 8192
+	// dedupeMax bounds how many request ids the FSM remembers, whatever
+	// their age: about 75 MB at most.
+	dedupeMax = 1 << 19
 	// defaultListLimit is CacheList's limit when the caller passes <= 0.
 	defaultListLimit = 100
 )
@@ -38,7 +40,7 @@ type state struct {
 	writes     []keyVersion // derived: cache writes, oldest first (eviction)
 	expiry     expiryHeap   // derived: entries with a TTL by expiry (expiration)
 	dedupe     map[string]Result
-	order      []string // dedupe keys, oldest first
+	order      []dedupeKey // dedupe keys, in log order
 }
 
 func newState() *state {
@@ -203,7 +205,7 @@ func (s *state) apply(index uint64, c *Command) (*Result, bool) {
 		r.Removed = s.expire(c.Now, c.Limit)
 	}
 	if c.RequestID != "" {
-		s.remember(c.RequestID, r)
+		s.remember(c.RequestID, c.Now, r)
 	}
 	return &r, changed
 }
@@ -320,13 +322,36 @@ func (s *state) cacheDelete(key string) {
 	}
 }
 
-func (s *state) remember(id string, r Result) {
-	if len(s.order) >= dedupeSize {
-		delete(s.dedupe, s.order[0])
-		s.order = s.order[1:]
+// DedupeWindow is how long, by the proposers' clocks, the FSM remembers a
+// request id after the command's stamp (Command.Now). A proposer retries a
+// command for at most MaxRetry after stamping it; the rest of the window
+// absorbs clock differences between the nodes whose commands advance it.
+const (
+	DedupeWindow = 60 * time.Second
+	MaxRetry     = 20 * time.Second
+)
+
+// dedupeKey is one remembered request id with its command's stamp.
+type dedupeKey struct {
+	ID  string
+	Now int64
+}
+
+// remember records id's result, first forgetting ids stamped more than
+// DedupeWindow before now (in log order; an older stamp behind a newer one
+// waits for it, which only keeps it longer) and, past dedupeMax, the oldest.
+func (s *state) remember(id string, now int64, r Result) {
+	cut := now - int64(DedupeWindow)
+	drop := 0
+	for drop < len(s.order) && (s.order[drop].Now < cut || len(s.order)-drop >= dedupeMax) {
+		delete(s.dedupe, s.order[drop].ID)
+		drop++
+	}
+	if drop > 0 {
+		s.order = s.order[drop:]
 	}
 	s.dedupe[id] = r
-	s.order = append(s.order, id)
+	s.order = append(s.order, dedupeKey{ID: id, Now: now})
 }
 
 // without returns a new slice holding s minus every occurrence of v.

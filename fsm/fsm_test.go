@@ -5,6 +5,7 @@ import (
 	"math/rand"
 	"reflect"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/raft"
 )
@@ -331,19 +332,29 @@ func TestApplyCorruptPanics(t *testing.T) {
 	}
 }
 
-func TestDedupeEvictsOldest(t *testing.T) {
+func TestDedupeForgetsByStamp(t *testing.T) {
 	f := newTestFSM(t)
-	for i := 0; i <= dedupeSize; i++ {
-		f.apply(&Command{Type: TypeCacheExpire, RequestID: fmt.Sprint("r", i)})
+	sec := int64(time.Second)
+	// Far more ids than any count bound of old, all inside the window.
+	for i := range 20000 {
+		f.apply(&Command{Type: TypeCacheExpire, Now: sec, RequestID: fmt.Sprint("r", i)})
 	}
-	if r := f.apply(&Command{Type: TypeCacheExpire, RequestID: "r1"}); !r.Duplicate || r.Index != 2 {
-		t.Errorf("r1 not remembered: %+v", r)
+	if r := f.apply(&Command{Type: TypeCacheExpire, Now: sec + int64(DedupeWindow), RequestID: "r0"}); !r.Duplicate || r.Index != 1 {
+		t.Errorf("r0 forgotten inside the window: %+v", r)
 	}
-	if r := f.apply(&Command{Type: TypeCacheExpire, RequestID: "r0"}); r.Duplicate {
-		t.Errorf("r0 still remembered: %+v", r)
+	// A command stamped past the window forgets every older id.
+	late := 2*sec + int64(DedupeWindow)
+	if r := f.apply(&Command{Type: TypeCacheExpire, Now: late, RequestID: "new"}); r.Duplicate {
+		t.Errorf("new id found a duplicate: %+v", r)
 	}
-	if n := len(f.st.dedupe); n != dedupeSize || len(f.st.order) != dedupeSize {
-		t.Errorf("dedupe size %d/%d, want %d", n, len(f.st.order), dedupeSize)
+	if r := f.apply(&Command{Type: TypeCacheExpire, Now: late, RequestID: "r1"}); r.Duplicate {
+		t.Errorf("r1 remembered past the window: %+v", r)
+	}
+	if n := len(f.st.dedupe); n != 2 || len(f.st.order) != 2 {
+		t.Errorf("dedupe holds %d/%d ids, want 2 (new, r1)", n, len(f.st.order))
+	}
+	if MaxRetry*2 > DedupeWindow {
+		t.Errorf("MaxRetry %s leaves too little of DedupeWindow %s for clock differences", MaxRetry, DedupeWindow)
 	}
 }
 

@@ -50,6 +50,7 @@ type record struct {
 
 type dedupeRec struct {
 	ID     string `json:"id"`
+	Now    int64  `json:"now,omitempty"` // the command's stamp
 	Result Result `json:"result"`
 }
 
@@ -143,8 +144,8 @@ func (s *state) encode(w io.Writer) error {
 	eachSorted(s.assigns, func(v *Assignment) { put(&record{Kind: kindAssignment, Assignment: v}) })
 	eachSorted(s.sessions, func(v *Session) { put(&record{Kind: kindSession, Session: v}) })
 	eachSorted(s.cache, func(v *CacheEntry) { put(&record{Kind: kindCache, Cache: v}) })
-	for _, id := range s.order {
-		put(&record{Kind: kindDedupe, Dedupe: &dedupeRec{ID: id, Result: s.dedupe[id]}})
+	for _, k := range s.order {
+		put(&record{Kind: kindDedupe, Dedupe: &dedupeRec{ID: k.ID, Now: k.Now, Result: s.dedupe[k.ID]}})
 	}
 	if err != nil {
 		return err
@@ -295,14 +296,16 @@ func (s *state) restore(r *record) error {
 		if d == nil || d.ID == "" || d.Result.Duplicate {
 			return errors.New("invalid dedupe record")
 		}
-		if len(s.order) >= dedupeSize {
-			return fmt.Errorf("more than %d dedupe records", dedupeSize)
+		if len(s.order) >= dedupeMax {
+			return fmt.Errorf("more than %d dedupe records", dedupeMax)
 		}
 		_, ok := s.dedupe[d.ID]
 		if err := dup(ok, d.ID); err != nil {
 			return err
 		}
-		s.remember(d.ID, d.Result)
+		// As they were: the next command's stamp ages them out.
+		s.dedupe[d.ID] = d.Result
+		s.order = append(s.order, dedupeKey{ID: d.ID, Now: d.Now})
 		return nil
 	default:
 		return fmt.Errorf("unknown record kind %q", r.Kind)
