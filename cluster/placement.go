@@ -44,7 +44,23 @@ func (r *reconciler) place(ctx context.Context) error {
 			held[h]++
 		}
 	}
-	for _, p := range n.fsm.Providers() {
+	providers := n.fsm.Providers()
+	declared := make(map[string]bool, len(providers))
+	for _, p := range providers {
+		declared[p.Name] = true
+	}
+	for name := range current {
+		if declared[name] {
+			continue
+		}
+		// No node declares it any more: an assignment applied after its
+		// provider was dropped, or one from an older state.
+		n.logger.Info("dropping assignment of a provider nobody declares", "provider", name, "holders", current[name])
+		if _, err := n.Apply(ctx, &fsm.Command{Type: fsm.TypeAssign, Assignment: &fsm.Assignment{Provider: name}}); err != nil {
+			return fmt.Errorf("drop assignment of %s: %w", name, err)
+		}
+	}
+	for _, p := range providers {
 		want := chooseHolders(p, current[p.Name], eligible, keep, held, overloaded)
 		if slices.Equal(want, current[p.Name]) {
 			continue

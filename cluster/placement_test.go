@@ -1,6 +1,9 @@
 package cluster
 
 import (
+	"bytes"
+	"fmt"
+	"net/http"
 	"slices"
 	"testing"
 	"time"
@@ -94,4 +97,24 @@ func TestPlacementKeepsHolderWhoseStatusLags(t *testing.T) {
 	if got := chooseHolders(all, []string{"a", "b"}, eligible, keep, map[string]int{}, nil); !slices.Equal(got, []string{"a", "b", "c"}) {
 		t.Fatalf("everywhere: got %v, want [a b c]", got)
 	}
+}
+
+func TestLeaderDropsOrphanAssignment(t *testing.T) {
+	a := newAPICluster(t, 1)
+	// A state whose assignment names a provider nobody declares, as an
+	// older version or a hand-made backup may hold.
+	state := `{"kind":"header","format":1,"index":7}
+{"kind":"assignment","assignment":{"provider":"gone","holders":["n1"],"epoch":5}}
+{"kind":"end","count":1}
+`
+	archive, _ := testArchive(t, []byte(state))
+	if code, body := a[0].request(t, "PUT", "/v1/snapshot", snapWriteTok, bytes.NewReader(archive)); code != http.StatusOK {
+		t.Fatalf("restore: %d %s", code, body)
+	}
+	waitFor(t, 10*time.Second, func() error {
+		if as := a[0].fsm.Assignments(); len(as) != 0 {
+			return fmt.Errorf("assignments %+v", as)
+		}
+		return nil
+	})
 }

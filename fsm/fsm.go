@@ -148,10 +148,7 @@ func (s *state) apply(index uint64, c *Command) (*Result, bool) {
 	case TypeCatalogPut:
 		changed = s.putCatalog(c.Provider, c.Tools, &r)
 	case TypeAssign:
-		a := *c.Assignment
-		a.Epoch = index
-		s.assigns[a.Provider] = a
-		changed = true
+		changed = s.assign(index, *c.Assignment, &r)
 	case TypeSessionOpen:
 		ss := *c.Session
 		ss.CreatedAt, ss.LastSeen = c.Now, c.Now
@@ -261,6 +258,32 @@ func (s *state) setProviders(node string, offered []Provider) (changed bool) {
 		}
 	}
 	return changed
+}
+
+// assign records the holders of a provider. Only nodes that declare the
+// provider can hold it, and a provider nobody declares has no assignment:
+// assigning it removes the assignment left from before it was dropped
+// (CodeNotFound), so the assignment map never holds orphans.
+func (s *state) assign(index uint64, a Assignment, r *Result) (changed bool) {
+	p, ok := s.providers[a.Provider]
+	if !ok {
+		r.Code = CodeNotFound
+		if _, had := s.assigns[a.Provider]; had {
+			delete(s.assigns, a.Provider)
+			r.Removed = 1
+			return true
+		}
+		return false
+	}
+	var holders []string
+	for _, h := range a.Holders {
+		if slices.Contains(p.Nodes, h) && !slices.Contains(holders, h) {
+			holders = append(holders, h)
+		}
+	}
+	a.Holders, a.Epoch = holders, index
+	s.assigns[a.Provider] = a
+	return true
 }
 
 func (s *state) dropProvider(name string) {

@@ -149,14 +149,18 @@ func TestApply(t *testing.T) {
 			},
 		},
 		{
-			name: "assign sets epoch, allows unknown provider, replaces",
+			name: "assign sets epoch, keeps declaring holders, refuses unknown provider, replaces",
 			steps: []step{
+				{cmd: offer("n1", Provider{Name: "x", Replicas: 2})},
+				{cmd: offer("n2", Provider{Name: "x", Replicas: 2})},
+				{cmd: offer("n3", Provider{Name: "w", Replicas: 1})},
 				{cmd: assign("x", "n1", "n2")},
-				{cmd: assign("w", "n3")},
+				{cmd: assign("w", "n3", "n1", "n3")}, // n1 does not declare w
 				{cmd: assign("x", "n2")},
+				{cmd: assign("ghost", "n1"), want: Result{Code: CodeNotFound}},
 			},
 			check: func(t *testing.T, f *FSM) {
-				want := []Assignment{{Provider: "w", Holders: []string{"n3"}, Epoch: 2}, {Provider: "x", Holders: []string{"n2"}, Epoch: 3}}
+				want := []Assignment{{Provider: "w", Holders: []string{"n3"}, Epoch: 5}, {Provider: "x", Holders: []string{"n2"}, Epoch: 6}}
 				if got := f.Assignments(); !reflect.DeepEqual(got, want) {
 					t.Errorf("Assignments() = %+v, want %+v", got, want)
 				}
@@ -329,6 +333,19 @@ func TestApplyCorruptPanics(t *testing.T) {
 			}()
 			New().Apply(&raft.Log{Index: 1, Type: raft.LogCommand, Data: data})
 		}()
+	}
+}
+
+func TestAssignDropsOrphan(t *testing.T) {
+	f := newTestFSM(t)
+	// An assignment whose provider nobody declares, as an older state may hold.
+	f.st.assigns["gone"] = Assignment{Provider: "gone", Holders: []string{"n1"}, Epoch: 1}
+	r := f.apply(&Command{Type: TypeAssign, Assignment: &Assignment{Provider: "gone"}})
+	if r.Code != CodeNotFound || r.Removed != 1 {
+		t.Errorf("result %+v, want not_found with 1 removed", r)
+	}
+	if got := f.Assignments(); len(got) != 0 {
+		t.Errorf("Assignments() = %+v, want none", got)
 	}
 }
 
