@@ -9,12 +9,10 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
-	"text/tabwriter"
 	"time"
 
 	"github.com/anishathalye/porcupine"
@@ -52,13 +50,34 @@ type chaosRun struct {
 	mu      sync.Mutex
 	history []histOp
 	acked   map[string]string // unique key → value, acknowledged
-	calls   []histOp          // tool calls (Input.Op = "call"), for availability
+	calls   []histOp          // tool calls (Input.Op = "call", Input.Key = the tool), for availability
+	fails   []opFailure       // every failed or unknown operation, with its real return time
 	faults  map[string]int
 	windows []faultWindow              // when each fault was in place, until healed
 	leaders map[uint64]map[string]bool // term → nodes that reported leading it
-	down    map[string]bool            // nodes the nemesis has killed or paused
+	down    map[string]bool            // nodes the nemesis has taken down, until ready again
+	downAt  map[string]int64           // when each node in down went down
+	downs   map[string][]span          // past down intervals of each node
+	joined  int                        // nodes the nemesis added beyond n
+	slow    []map[string]*client.Client
 	stop    chan struct{}
 	wg      sync.WaitGroup
+}
+
+// span is an interval of the run, in ns since its start.
+type span struct{ start, end int64 }
+
+// overlaps reports whether [call, ret] and s share a moment.
+func (s span) overlaps(call, ret int64) bool { return s.start <= ret && s.end >= call }
+
+// opFailure is one operation that did not succeed: a failed read or tool
+// call, or a write whose outcome is unknown.
+type opFailure struct {
+	op        string // get, put, cas, or the tool called
+	client    int
+	node      string // the node the request went to
+	call, ret int64
+	err       string
 }
 
 func (r *chaosRun) now() int64 { return int64(time.Since(r.start)) }
@@ -78,11 +97,22 @@ func (r *chaosRun) hold(d time.Duration) {
 	}
 }
 
+// chaosDeadServerTimeout is how long the leader keeps a failed voter. It
+// is longer than any fault keeps a node down save the long pause, which
+// outlasts it on purpose.
+const chaosDeadServerTimeout = 15 * time.Second
+
+// slowProvider is a stdio upstream whose tools take a second: slow_tick,
+// which is not safe to repeat, is called while its holder drains.
+func slowProvider() string {
+	return fmt.Sprintf("  - name: slow\n    type: stdio\n    command: [%q]\n    env: [STDIO_SERVER_DELAY=1s]\n    prefix: slow_\n    replicas: 1\n", stdioServer)
+}
+
 func runChaos(t *testing.T, n, rounds int) {
-	c := newProviderCluster(t, n, pinnedProvider, "--dead-server-timeout", "10m")
+	c := newProviderCluster(t, n, pinnedProvider+slowProvider(), "--dead-server-timeout", chaosDeadServerTimeout.String())
 	r := &chaosRun{t: t, c: c, start: time.Now(), rng: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1)),
 		acked: map[string]string{}, faults: map[string]int{}, leaders: map[uint64]map[string]bool{},
-		down: map[string]bool{}, stop: make(chan struct{})}
+		down: map[string]bool{}, downAt: map[string]int64{}, downs: map[string][]span{}, stop: make(chan struct{})}
 	sessionNode := c.nodes[0]
 	session := mcpgoClient(t, sessionNode.mcpURL(), legacy).GetSessionId()
 
@@ -94,8 +124,9 @@ func runChaos(t *testing.T, n, rounds int) {
 	}
 	// Real MCP clients, one per node per worker, made while every node is
 	// up: half keep 2025-11-25 sessions (which must survive the nodes
-	// restarting), half speak 2026-07-28.
-	for w := range 4 {
+	// restarting), half speak 2026-07-28. The pinned_echo callers run all
+	// along; the slow_tick callers only while its holder drains.
+	clientsFor := func(w int) map[string]*client.Client {
 		version := legacy
 		if w%2 == 1 {
 			version = modern
@@ -104,8 +135,18 @@ func runChaos(t *testing.T, n, rounds int) {
 		for _, nd := range c.nodes {
 			clients[nd.id] = mcpgoClient(t, nd.mcpURL(), version)
 		}
+		return clients
+	}
+	for w := range 4 {
+		clients := clientsFor(w)
 		r.wg.Add(1)
-		go r.callClient(100+w, clients)
+		go func() {
+			defer r.wg.Done()
+			r.callClient(100+w, "pinned_echo", clients, r.stop, "")
+		}()
+	}
+	for w := range 3 {
+		r.slow = append(r.slow, clientsFor(w))
 	}
 	r.hold(2 * time.Second)
 	for round := range rounds {
@@ -130,9 +171,11 @@ func runChaos(t *testing.T, n, rounds int) {
 			t.Errorf("acknowledged write %s=%s: %d %q %v", k, v, code, body, err)
 		}
 	}
-	holder := c.nodes[0].holders(t, "pinned_echo", 1)[0]
-	if c.node(holder) == nil || !c.node(holder).running() {
-		t.Errorf("pinned_echo held by %s, which is not running", holder)
+	for _, tool := range []string{"pinned_echo", "slow_tick"} {
+		holder := c.nodes[0].holders(t, tool, 1)[0]
+		if nd := chaosNode(c, holder); nd == nil || !nd.running() {
+			t.Errorf("%s held by %s, which is not a running node of the cluster", tool, holder)
+		}
 	}
 	other := c.except(sessionNode.id)[0]
 	if code, body := rawMCP(t, other, http.MethodPost, session, "application/json", echoCall); code != 200 {
@@ -157,6 +200,12 @@ func runChaos(t *testing.T, n, rounds int) {
 	summary := r.summary(n, verdict, lost, twoLeaders, histFile)
 	t.Log("\n" + summary)
 	_ = os.WriteFile(strings.TrimSuffix(histFile, ".jsonl")+".summary.txt", []byte(summary), 0o644)
+	for _, f := range r.liveFailures() {
+		if mustNotFail[f.op] {
+			t.Errorf("%s failed through live node %s, called %.1fs, returned %.1fs, during %s: %s", f.op, f.node,
+				time.Duration(f.call).Seconds(), time.Duration(f.ret).Seconds(), r.windowsAt(f.call, f.ret), f.err)
+		}
+	}
 	if verdict != porcupine.Ok {
 		t.Errorf("linearizability: %s (history in %s)", verdict, histFile)
 	}
@@ -165,30 +214,6 @@ func runChaos(t *testing.T, n, rounds int) {
 // nemesis injects each fault once, healing after each.
 func (r *chaosRun) nemesis() {
 	c := r.c
-	leaderOf := func() *node {
-		var l string
-		waitFor(r.t, 60*time.Second, func() error {
-			st, err := c.nodes[0].status()
-			if err != nil || st.Leader.ID == "" {
-				return fmt.Errorf("no leader: %v", err)
-			}
-			l = st.Leader.ID
-			return nil
-		})
-		return c.node(l)
-	}
-	heal := func() { c.waitStable(60*time.Second, c.nodes, c.ids()...) }
-	fault := func(name string, f func()) {
-		r.t.Logf("fault: %s", name)
-		start := r.now()
-		f()
-		heal()
-		r.mu.Lock()
-		r.faults[name]++
-		r.windows = append(r.windows, faultWindow{name: name, start: start, end: r.now()})
-		r.mu.Unlock()
-		r.hold(time.Second)
-	}
 	kill := func(nodes ...*node) {
 		for _, v := range nodes {
 			v.kill()
@@ -199,39 +224,84 @@ func (r *chaosRun) nemesis() {
 			v.start()
 		}
 	}
-	fault("kill follower", func() { r.outage(2*time.Second, kill, restart, c.except(leaderOf().id)[0]) })
-	fault("kill leader", func() { r.outage(3*time.Second, kill, restart, leaderOf()) })
-	fault("kill tool holder", func() {
+	r.fault("kill follower", func() { r.outage(2*time.Second, kill, restart, c.except(r.leader().id)[0]) })
+	r.fault("kill leader", func() { r.outage(3*time.Second, kill, restart, r.leader()) })
+	r.fault("kill tool holder", func() {
 		r.outage(3*time.Second, kill, restart, c.node(c.except()[0].holders(r.t, "pinned_echo", 1)[0]))
 	})
-	fault("pause past failure detection", func() {
+	r.fault("pause past failure detection", func() {
 		pause := func(nodes ...*node) { nodes[0].signal(syscall.SIGSTOP) }
 		resume := func(nodes ...*node) { nodes[0].signal(syscall.SIGCONT) }
-		r.outage(7*time.Second, pause, resume, c.except(leaderOf().id)[0])
+		r.outage(7*time.Second, pause, resume, c.except(r.leader().id)[0])
 	})
-	fault("wipe data and rejoin", func() {
+	r.fault("wipe data and rejoin", func() {
 		wipe := func(nodes ...*node) {
 			kill(nodes...)
 			if err := os.RemoveAll(nodes[0].dataDir); err != nil {
 				r.t.Fatal(err)
 			}
 		}
-		r.outage(time.Second, wipe, restart, c.except(leaderOf().id)[0])
+		r.outage(time.Second, wipe, restart, c.except(r.leader().id)[0])
 	})
-	fault("kill majority, restart it", func() {
-		l := leaderOf()
+	r.fault(faultKillMajority, func() {
+		l := r.leader()
 		r.outage(3*time.Second, kill, restart, append([]*node{l}, c.except(l.id)[:len(c.nodes)/2]...)...)
 	})
+	r.fault("pause past the dead-server timeout", r.longPause)
+	r.fault("drain the slow tool's holder", r.drainSlowHolder)
+	r.fault("leave while a voter is dead", r.leaveWithDeadVoter)
+	r.fault("rolling restart", r.rollingRestart)
+	r.loadEntries()
+	r.fault("join with 100k cache entries", r.joinWithEntries)
 }
 
-// pick returns a random node the nemesis has not taken down, as a client
-// behind health checks would.
-func (r *chaosRun) pick(rng *rand.Rand) *node {
+// faultKillMajority is the fault during which the cluster has no quorum.
+const faultKillMajority = "kill majority, restart it"
+
+// leader returns the node the cluster reports as leader.
+func (r *chaosRun) leader() *node {
+	var l string
+	waitFor(r.t, 60*time.Second, func() error {
+		st, err := r.c.nodes[0].status()
+		if err != nil || st.Leader.ID == "" {
+			return fmt.Errorf("no leader: %v", err)
+		}
+		l = st.Leader.ID
+		return nil
+	})
+	return r.c.node(l)
+}
+
+// heal waits until the cluster is whole again: every node ready, one
+// leader, every node a voter, and every node's providers declared.
+func (r *chaosRun) heal() {
+	r.c.waitStable(60*time.Second, r.c.nodes, r.c.ids()...)
+	r.waitDeclared(60*time.Second, r.c.nodes)
+}
+
+// fault injects one fault with f, heals, and records when it was in place.
+func (r *chaosRun) fault(name string, f func()) {
+	r.t.Logf("fault: %s", name)
+	start := r.now()
+	began := time.Now()
+	f()
+	r.heal()
+	r.mu.Lock()
+	r.faults[name]++
+	r.windows = append(r.windows, faultWindow{name: name, start: start, end: r.now()})
+	r.mu.Unlock()
+	r.t.Logf("fault: %s healed after %s", name, time.Since(began).Round(100*time.Millisecond))
+	r.hold(time.Second)
+}
+
+// pick returns a random node the nemesis has not taken down, other than
+// except, as a client behind health checks would.
+func (r *chaosRun) pick(rng *rand.Rand, except string) *node {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var up []*node
 	for _, nd := range r.c.nodes {
-		if !r.down[nd.id] {
+		if !r.down[nd.id] && nd.id != except {
 			up = append(up, nd)
 		}
 	}
@@ -241,23 +311,63 @@ func (r *chaosRun) pick(rng *rand.Rand) *node {
 	return up[rng.IntN(len(up))]
 }
 
-// setDown marks nodes down (or up again) for the clients.
+// setDown marks nodes down (or up again) for the clients, and records
+// each node's down intervals for the summary.
 func (r *chaosRun) setDown(down bool, nodes ...*node) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	now := r.now()
 	for _, nd := range nodes {
+		switch {
+		case down && !r.down[nd.id]:
+			r.downAt[nd.id] = now
+		case !down && r.down[nd.id]:
+			r.downs[nd.id] = append(r.downs[nd.id], span{r.downAt[nd.id], now})
+		}
 		r.down[nd.id] = down
 	}
 }
 
 // outage takes nodes down with down, keeps them so for d while clients
-// avoid them, and brings them back with up.
+// avoid them, brings them back with up, and lets clients use them again
+// once they are ready.
 func (r *chaosRun) outage(d time.Duration, down, up func(...*node), nodes ...*node) {
 	r.setDown(true, nodes...)
 	down(nodes...)
 	r.hold(d)
 	up(nodes...)
+	r.waitReady(60*time.Second, nodes...)
 	r.setDown(false, nodes...)
+}
+
+// readyClient asks /readyz, which needs no token, with a short timeout.
+var readyClient = &http.Client{Timeout: 2 * time.Second}
+
+// waitReady waits until each node answers /readyz with 200, as a health
+// check in front of it would before sending it clients again.
+func (r *chaosRun) waitReady(timeout time.Duration, nodes ...*node) {
+	r.t.Helper()
+	waitFor(r.t, timeout, func() error {
+		for _, nd := range nodes {
+			resp, err := readyClient.Get("http://" + nd.http + "/readyz")
+			if err != nil {
+				return fmt.Errorf("%s: %w", nd.id, err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				return fmt.Errorf("%s not ready: %s %s", nd.id, resp.Status, strings.TrimSpace(string(b)))
+			}
+		}
+		return nil
+	})
+}
+
+// failed records an operation that did not succeed.
+func (r *chaosRun) failed(op string, h histOp, ret int64, err string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.fails = append(r.fails, opFailure{op: op, client: h.Client, node: h.Node, call: h.Call, ret: ret, err: err})
 }
 
 // kvClient runs cache operations through random nodes until stopped.
@@ -272,7 +382,7 @@ func (r *chaosRun) kvClient(id int) {
 			return
 		default:
 		}
-		nd := r.pick(rng)
+		nd := r.pick(rng, "")
 		key := fmt.Sprintf("reg%d", rng.IntN(4))
 		value := fmt.Sprintf("c%d-%d", id, i)
 		var in kvInput
@@ -296,8 +406,10 @@ func (r *chaosRun) kvClient(id int) {
 				seen[key] = out.Value
 			}
 		case in.Op == "get":
+			r.failed(in.Op, h, h.Return, err.Error())
 			continue // a failed read had no effect
 		default:
+			r.failed(in.Op, h, h.Return, err.Error())
 			h.Output, h.Return, h.Error = kvOutput{Unknown: true}, never, err.Error()
 		}
 		r.mu.Lock()
@@ -340,26 +452,35 @@ func kvDo(cl *http.Client, nd *node, in kvInput) (kvOutput, error) {
 	return kvOutput{}, fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(b)))
 }
 
-// callClient calls the replicas-1 tool through random live nodes with its
-// MCP clients until stopped.
-func (r *chaosRun) callClient(id int, clients map[string]*client.Client) {
-	defer r.wg.Done()
+// callClient calls tool (pinned_echo, which echoes, or slow_tick, which
+// counts) through random live nodes other than except with its MCP
+// clients until stop is closed.
+func (r *chaosRun) callClient(id int, tool string, clients map[string]*client.Client, stop <-chan struct{}, except string) {
 	rng := rand.New(rand.NewPCG(uint64(id), 7))
+	args, timeout := map[string]any{"text": "x"}, 10*time.Second
+	if tool == "slow_tick" {
+		args, timeout = nil, 20*time.Second
+	}
 	for i := 0; ; i++ {
 		select {
-		case <-r.stop:
+		case <-stop:
 			return
 		default:
 		}
-		nd := r.pick(rng)
-		h := histOp{Client: id, Input: kvInput{Op: "call", Key: "pinned_echo"}, Call: r.now(), Node: nd.id}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		text, _, err := callTool(ctx, clients[nd.id], "pinned_echo", map[string]any{"text": "x"})
+		nd := r.pick(rng, except)
+		h := histOp{Client: id, Input: kvInput{Op: "call", Key: tool}, Call: r.now(), Node: nd.id}
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		text, _, err := callTool(ctx, clients[nd.id], tool, args)
 		cancel()
 		h.Return = r.now()
-		if err != nil || text != "x" {
+		ok := err == nil && text == "x"
+		if tool == "slow_tick" {
+			ok = err == nil && strings.HasPrefix(text, "tick ")
+		}
+		if !ok {
 			h.Output.Unknown = true
 			h.Error = fmt.Sprintf("%q %v", text, err)
+			r.failed(tool, h, h.Return, h.Error)
 		}
 		r.mu.Lock()
 		r.calls = append(r.calls, h)
@@ -391,76 +512,4 @@ func (r *chaosRun) watchLeaders() {
 			r.mu.Unlock()
 		}
 	}
-}
-
-// gapIn is the longest time within w without a successful operation of ops.
-func gapIn(ops []histOp, w faultWindow) time.Duration {
-	last, gap := w.start, int64(0)
-	var done []int64
-	for _, h := range ops {
-		if !h.Output.Unknown && h.Return >= w.start && h.Return <= w.end {
-			done = append(done, h.Return)
-		}
-	}
-	sort.Slice(done, func(i, j int) bool { return done[i] < done[j] })
-	for _, d := range done {
-		gap = max(gap, d-last)
-		last = d
-	}
-	gap = max(gap, w.end-last)
-	return time.Duration(gap).Round(10 * time.Millisecond)
-}
-
-// summary is the run's table: faults, operations, verdict, availability.
-func (r *chaosRun) summary(n int, verdict porcupine.CheckResult, lost, twoLeaders int, histFile string) string {
-	var b strings.Builder
-	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "chaos run, %d nodes, %s\n", n, time.Since(r.start).Round(time.Second))
-	fmt.Fprintln(tw, "FAULT\tINJECTED")
-	var names []string
-	for f := range r.faults {
-		names = append(names, f)
-	}
-	sort.Strings(names)
-	for _, f := range names {
-		fmt.Fprintf(tw, "%s\t%d\n", f, r.faults[f])
-	}
-	fmt.Fprintln(tw, "OPERATION\tOK\tFAILED\tUNKNOWN\tLONGEST UNAVAILABILITY")
-	byOp := map[string][]histOp{}
-	for _, h := range r.history {
-		byOp[h.Input.Op] = append(byOp[h.Input.Op], h)
-	}
-	byOp["call"] = r.calls
-	for _, name := range []string{"get", "put", "cas", "call"} {
-		ops := byOp[name]
-		ok, failed, unknown := 0, 0, 0
-		var done []int64
-		for _, h := range ops {
-			switch {
-			case h.Output.Unknown && name == "call":
-				failed++
-			case h.Output.Unknown:
-				unknown++
-			default:
-				ok++
-				done = append(done, h.Return)
-			}
-		}
-		sort.Slice(done, func(i, j int) bool { return done[i] < done[j] })
-		var gap int64
-		for i := 1; i < len(done); i++ {
-			gap = max(gap, done[i]-done[i-1])
-		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\n", name, ok, failed, unknown, time.Duration(gap).Round(time.Millisecond))
-	}
-	fmt.Fprintln(tw, "UNAVAILABILITY DURING FAULT\tGET\tPUT\tCAS\tCALL")
-	for _, w := range r.windows {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", w.name, gapIn(byOp["get"], w), gapIn(byOp["put"], w), gapIn(byOp["cas"], w), gapIn(byOp["call"], w))
-	}
-	fmt.Fprintf(tw, "linearizability (porcupine)\t%s\n", verdict)
-	fmt.Fprintf(tw, "acknowledged writes lost\t%d of %d\n", lost, len(r.acked))
-	fmt.Fprintf(tw, "terms with two leaders\t%d of %d seen\n", twoLeaders, len(r.leaders))
-	fmt.Fprintf(tw, "history\t%s\n", histFile)
-	tw.Flush()
-	return b.String()
 }
