@@ -3,18 +3,100 @@ package cluster
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
 	"github.com/mcpcluster/mcpcluster/membership"
 )
 
-// bootstrapLoop bootstraps a new cluster once BootstrapExpect servers are
-// alive in gossip. It is safe when all servers start at once and when they
-// restart: it runs only without existing raft state, every node derives the
-// same sorted server list, and it gives up as soon as any peer reports a
-// raft configuration (the cluster exists; the leader will add this node).
+// Bootstrap forms exactly one cluster however many nodes start at once:
+//
+//   - a node bootstraps only without raft state, once BootstrapExpect alive
+//     members (agreeing on BootstrapExpect) are in its gossip view, and only
+//     if none of them reports a raft configuration;
+//   - only the lowest id of its view proposes, with a configuration of the
+//     BootstrapExpect lowest ids as voters; every other node waits for the
+//     leader to reach it (the configuration arrives by replication, and an
+//     extra node is added later as a non-voter);
+//   - before writing it, the proposer collects a promise from every member of
+//     its view. A node promises to one proposer at a time (itself included
+//     while it proposes), for bootstrapPromiseTTL, and never once it holds a
+//     configuration. Two proposers whose views overlap cannot both collect
+//     their promises, so views that differ while nodes arrive (a lower id
+//     showing up late) cannot produce two clusters.
+const bootstrapPromiseTTL = 15 * time.Second
+
+// bootstrapState is a node's bootstrap promise.
+type bootstrapState struct {
+	mu    sync.Mutex
+	to    string // proposer promised to, "" none
+	until time.Time
+}
+
+// promise grants proposer the promise unless another proposer holds a live
+// one. It reports the current holder when refusing.
+func (b *bootstrapState) promise(proposer string, now time.Time) (bool, string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.to != "" && b.to != proposer && now.Before(b.until) {
+		return false, b.to
+	}
+	b.to, b.until = proposer, now.Add(bootstrapPromiseTTL)
+	return true, ""
+}
+
+// release drops proposer's promise, if it still holds it.
+func (b *bootstrapState) release(proposer string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.to == proposer {
+		b.to = ""
+	}
+}
+
+// BootstrapPromiseArgs asks a node to promise not to bootstrap, or take part
+// in another bootstrap, while Proposer bootstraps; Release withdraws it.
+type BootstrapPromiseArgs struct {
+	Proposer string
+	Release  bool
+}
+
+// BootstrapPromiseReply grants or refuses the promise, saying why.
+type BootstrapPromiseReply struct {
+	Granted bool
+	Reason  string
+}
+
+// BootstrapPromise answers a proposer's request (see bootstrapPromiseTTL).
+func (s *rpcService) BootstrapPromise(args BootstrapPromiseArgs, reply *BootstrapPromiseReply) error {
+	if err := s.speaksFor(args.Proposer); err != nil {
+		return err
+	}
+	if args.Release {
+		s.n.boot.release(args.Proposer)
+		return nil
+	}
+	servers, err := s.n.Servers()
+	if err != nil {
+		return err
+	}
+	if len(servers) > 0 {
+		reply.Reason = "already in a cluster"
+		return nil
+	}
+	ok, holder := s.n.boot.promise(args.Proposer, time.Now())
+	if !ok {
+		reply.Reason = "promised to " + holder
+		return nil
+	}
+	reply.Granted = true
+	return nil
+}
+
+// bootstrapLoop runs maybeBootstrap until this node is part of a cluster.
 func (n *Node) bootstrapLoop() {
 	ticker := time.NewTicker(500 * time.Millisecond)
 	defer ticker.Stop()
@@ -78,15 +160,56 @@ func (n *Node) maybeBootstrap() (bool, error) {
 		}
 	}
 	sort.Slice(alive, func(i, j int) bool { return alive[i].ID < alive[j].ID })
+	if alive[0].ID != n.id {
+		return false, nil // the lowest id proposes; the leader will reach us
+	}
+	if err := n.collectPromises(alive); err != nil {
+		return false, err
+	}
 	cfg := raft.Configuration{}
-	ids := make([]string, 0, len(alive))
-	for _, m := range alive {
+	ids := make([]string, 0, n.cfg.BootstrapExpect)
+	for _, m := range alive[:n.cfg.BootstrapExpect] {
 		cfg.Servers = append(cfg.Servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(m.ID), Address: raft.ServerAddress(m.RPCAddr)})
 		ids = append(ids, m.ID)
 	}
-	n.logger.Info("bootstrapping cluster", "servers", ids)
+	n.logger.Info("bootstrapping cluster", "voters", ids, "members", len(alive))
 	if err := n.raft.BootstrapCluster(cfg).Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
 		return false, err
 	}
 	return true, nil
+}
+
+// collectPromises obtains this node's own promise and every other member's,
+// or releases those it got and returns why it could not.
+func (n *Node) collectPromises(alive []membership.Member) error {
+	if ok, holder := n.boot.promise(n.id, time.Now()); !ok {
+		return fmt.Errorf("not proposing a bootstrap: promised to %s", holder)
+	}
+	var granted []membership.Member
+	release := func() {
+		for _, m := range granted {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			_ = n.pool.call(ctx, m.RPCAddr, "BootstrapPromise", BootstrapPromiseArgs{Proposer: n.id, Release: true}, &BootstrapPromiseReply{})
+			cancel()
+		}
+		n.boot.release(n.id)
+	}
+	for _, m := range alive {
+		if m.ID == n.id {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		var reply BootstrapPromiseReply
+		err := n.pool.call(ctx, m.RPCAddr, "BootstrapPromise", BootstrapPromiseArgs{Proposer: n.id}, &reply)
+		cancel()
+		if err == nil && !reply.Granted {
+			err = errors.New(reply.Reason)
+		}
+		if err != nil {
+			release()
+			return fmt.Errorf("bootstrap promise from %s: %w", m.ID, err)
+		}
+		granted = append(granted, m)
+	}
+	return nil
 }

@@ -50,21 +50,30 @@ func testConfig(t testing.TB, id string, expect int, join ...string) Config {
 	cfg.RaftLeaderLeaseTimeout = 150 * time.Millisecond
 	cfg.ReconcileInterval = 200 * time.Millisecond
 	cfg.DeadServerTimeout = 2 * time.Second
+	cfg.ServerStabilizationTime = 500 * time.Millisecond
 	cfg.Logger = testLogger(t).With("test_node", id)
 	return cfg
 }
 
 // newTestCluster starts n in-process nodes that bootstrap together.
-func newTestCluster(t testing.TB, n int) []*Node {
+// Each opt adjusts every node's configuration.
+func newTestCluster(t testing.TB, n int, opts ...func(*Config)) []*Node {
 	t.Helper()
-	first, err := New(testConfig(t, "n1", n))
+	config := func(id string, join ...string) Config {
+		cfg := testConfig(t, id, n, join...)
+		for _, o := range opts {
+			o(&cfg)
+		}
+		return cfg
+	}
+	first, err := New(config("n1"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { first.Shutdown() })
 	nodes := []*Node{first}
 	for i := 2; i <= n; i++ {
-		nd, err := New(testConfig(t, fmt.Sprintf("n%d", i), n, first.GossipAddr()))
+		nd, err := New(config(fmt.Sprintf("n%d", i), first.GossipAddr()))
 		if err != nil {
 			t.Fatal(err)
 		}

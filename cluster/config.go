@@ -57,6 +57,9 @@ type Config struct {
 	// ReconcileInterval is how often the leader reconciles gossip into raft
 	// even without membership events.
 	ReconcileInterval time.Duration
+	// ServerStabilizationTime is how long a non-voter must stay healthy and
+	// caught up with the leader's log before the leader promotes it.
+	ServerStabilizationTime time.Duration
 
 	// RaftHeartbeatTimeout, RaftElectionTimeout and RaftLeaderLeaseTimeout
 	// tune failure detection in raft.
@@ -90,6 +93,10 @@ type Config struct {
 	LogLevel slog.Level
 }
 
+// DefaultServerStabilizationTime is the default ServerStabilizationTime:
+// a few gossip probe rounds and raft heartbeats.
+const DefaultServerStabilizationTime = 5 * time.Second
+
 // DefaultMaxConnsPerIP is the default bound on cluster-port connections
 // from one IP address.
 const DefaultMaxConnsPerIP = 512
@@ -97,21 +104,22 @@ const DefaultMaxConnsPerIP = 512
 // DefaultConfig returns production defaults; addresses and DataDir must still be set.
 func DefaultConfig() Config {
 	return Config{
-		RPCBindAddr:            "127.0.0.1:8701",
-		GossipBindAddr:         "127.0.0.1:8702",
-		GossipProfile:          "lan",
-		DeadServerTimeout:      30 * time.Second,
-		ReconcileInterval:      5 * time.Second,
-		RaftHeartbeatTimeout:   1000 * time.Millisecond,
-		RaftElectionTimeout:    1000 * time.Millisecond,
-		RaftLeaderLeaseTimeout: 500 * time.Millisecond,
-		SnapshotThreshold:      8192,
-		SnapshotInterval:       30 * time.Second,
-		SnapshotRetain:         2,
-		ApplyTimeout:           10 * time.Second,
-		Cache:                  DefaultCacheConfig(),
-		LogLevel:               slog.LevelInfo,
-		MaxConnsPerIP:          DefaultMaxConnsPerIP,
+		RPCBindAddr:             "127.0.0.1:8701",
+		GossipBindAddr:          "127.0.0.1:8702",
+		GossipProfile:           "lan",
+		DeadServerTimeout:       30 * time.Second,
+		ReconcileInterval:       5 * time.Second,
+		ServerStabilizationTime: DefaultServerStabilizationTime,
+		RaftHeartbeatTimeout:    1000 * time.Millisecond,
+		RaftElectionTimeout:     1000 * time.Millisecond,
+		RaftLeaderLeaseTimeout:  500 * time.Millisecond,
+		SnapshotThreshold:       8192,
+		SnapshotInterval:        30 * time.Second,
+		SnapshotRetain:          2,
+		ApplyTimeout:            10 * time.Second,
+		Cache:                   DefaultCacheConfig(),
+		LogLevel:                slog.LevelInfo,
+		MaxConnsPerIP:           DefaultMaxConnsPerIP,
 	}
 }
 
@@ -135,6 +143,9 @@ func (c *Config) validate() error {
 	}
 	if c.DeadServerTimeout <= 0 || c.ReconcileInterval <= 0 || c.ApplyTimeout <= 0 {
 		return errors.New("dead server timeout, reconcile interval and apply timeout must be positive")
+	}
+	if c.ServerStabilizationTime < 0 {
+		return errors.New("server stabilization time must not be negative")
 	}
 	if c.Cache.MaxEntries < 0 || c.Cache.MaxBytes < 0 || c.Cache.MaxKeyBytes <= 0 || c.Cache.MaxValueBytes <= 0 {
 		return errors.New("cache bounds: entries and bytes must be >= 0, key and value maximums positive")

@@ -125,23 +125,30 @@ func (n *Node) newProbeClient() *http.Client {
 // certificate of the cluster CA names id; in every case it answers the
 // Peers RPC as id. The leader admits a raft server only after this.
 func (n *Node) verifyIdentity(ctx context.Context, id, addr string) error {
+	_, err := n.peerInfo(ctx, id, addr)
+	return err
+}
+
+// peerInfo asks node id at addr, over a fresh connection, for its Peers
+// reply, and checks that it answers as id.
+func (n *Node) peerInfo(ctx context.Context, id, addr string) (PeersReply, error) {
+	var reply PeersReply
 	timeout := time.Second
 	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < timeout {
 		timeout = time.Until(dl)
 	}
 	conn, err := n.dial(addr, connRPC, id, timeout)
 	if err != nil {
-		return fmt.Errorf("verify %s at %s: %w", id, addr, err)
+		return reply, fmt.Errorf("verify %s at %s: %w", id, addr, err)
 	}
 	c := newRPCClient(conn)
 	defer c.Close()
 	_ = conn.SetDeadline(time.Now().Add(timeout))
-	var reply PeersReply
 	if err := c.Call("Cluster.Peers", PeersArgs{}, &reply); err != nil {
-		return fmt.Errorf("verify %s at %s: %w", id, addr, err)
+		return reply, fmt.Errorf("verify %s at %s: %w", id, addr, err)
 	}
 	if reply.ID != id {
-		return fmt.Errorf("verify %s at %s: it answers as %q", id, addr, reply.ID)
+		return reply, fmt.Errorf("verify %s at %s: it answers as %q", id, addr, reply.ID)
 	}
-	return nil
+	return reply, nil
 }

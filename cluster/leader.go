@@ -141,6 +141,9 @@ type reconciler struct {
 	n *Node
 	// unknownSince records when a raft server absent from gossip was first seen.
 	unknownSince map[string]time.Time
+	// stableSince records since when a non-voter has been healthy and
+	// caught up, for promotion.
+	stableSince map[string]time.Time
 	// overSince records since when a node has been at full capacity.
 	overSince map[string]time.Time
 	// refused remembers members whose identity check failed, so the
@@ -162,9 +165,10 @@ func (r *reconciler) refuseAdmission(id string, err error) {
 }
 
 // reconcile makes the raft configuration and the FSM node registry follow
-// gossip: alive members become voters (re-added when their address
-// changed), members that left are removed, failed ones are removed after
-// the dead-server timeout while the healthy voters keep a quorum.
+// gossip: alive members join as non-voters and are promoted once caught up
+// and stable (their address follows gossip), members that left are
+// removed, failed ones are removed after the dead-server timeout while the
+// healthy voters keep a quorum.
 func (r *reconciler) reconcile(ctx context.Context) error {
 	n := r.n
 	servers, err := n.Servers()
@@ -202,14 +206,23 @@ func (r *reconciler) reconcile(ctx context.Context) error {
 				break
 			}
 			if ok {
-				n.logger.Info("server address changed, re-adding", "id", m.ID, "old", srv.Address, "new", m.RPCAddr)
-				if err := n.raft.RemoveServer(srv.ID, 0, 0).Error(); err != nil {
-					return fmt.Errorf("remove %s for re-add: %w", m.ID, err)
+				// The address changes in place; the suffrage stays.
+				n.logger.Info("server address changed", "id", m.ID, "old", srv.Address, "new", m.RPCAddr, "suffrage", srv.Suffrage)
+				add := n.raft.AddNonvoter
+				if srv.Suffrage == raft.Voter {
+					add = n.raft.AddVoter
 				}
+				if err := add(srv.ID, raft.ServerAddress(m.RPCAddr), 0, 0).Error(); err != nil {
+					return fmt.Errorf("change address of %s: %w", m.ID, err)
+				}
+				break
 			}
-			n.logger.Info("adding voter", "id", m.ID, "addr", m.RPCAddr)
-			if err := n.raft.AddVoter(raft.ServerID(m.ID), raft.ServerAddress(m.RPCAddr), 0, 0).Error(); err != nil {
-				return fmt.Errorf("add voter %s: %w", m.ID, err)
+			// A new server replicates the log (a snapshot first, if it
+			// is far behind) without a vote; promote makes it a voter once
+			// it has caught up and stayed healthy.
+			n.logger.Info("adding non-voter", "id", m.ID, "addr", m.RPCAddr)
+			if err := n.raft.AddNonvoter(raft.ServerID(m.ID), raft.ServerAddress(m.RPCAddr), 0, 0).Error(); err != nil {
+				return fmt.Errorf("add non-voter %s: %w", m.ID, err)
 			}
 		case membership.StateLeft:
 			if ok {
@@ -223,6 +236,9 @@ func (r *reconciler) reconcile(ctx context.Context) error {
 	}
 
 	if err := r.pruneDead(inConfig, byID); err != nil {
+		return err
+	}
+	if err := r.promote(ctx, inConfig, byID); err != nil {
 		return err
 	}
 	if err := r.syncRegistry(ctx, byID); err != nil {
@@ -278,31 +294,22 @@ func (r *reconciler) pruneDead(inConfig map[string]raft.Server, byID map[string]
 	healthy, voters := 0, 0
 	for id, s := range inConfig {
 		if s.Suffrage != raft.Voter {
+			if r.deadFor(id, byID, now) >= n.cfg.DeadServerTimeout {
+				// A non-voter counts towards no quorum.
+				n.logger.Info("removing failed non-voter after dead-server timeout", "id", id, "timeout", n.cfg.DeadServerTimeout)
+				if err := n.raft.RemoveServer(s.ID, 0, 0).Error(); err != nil {
+					return fmt.Errorf("remove failed non-voter %s: %w", id, err)
+				}
+				delete(inConfig, id)
+				delete(r.unknownSince, id)
+			}
 			continue
 		}
 		voters++
-		if id == n.id {
+		switch dead := r.deadFor(id, byID, now); {
+		case dead == 0:
 			healthy++
-			delete(r.unknownSince, id)
-			continue
-		}
-		m, known := byID[id]
-		var since time.Time
-		switch {
-		case known && (m.State == membership.StateAlive || m.State == membership.StateSuspect):
-			healthy++
-			delete(r.unknownSince, id)
-			continue
-		case known:
-			since = m.Since
-			delete(r.unknownSince, id)
-		default:
-			if _, ok := r.unknownSince[id]; !ok {
-				r.unknownSince[id] = now
-			}
-			since = r.unknownSince[id]
-		}
-		if now.Sub(since) >= n.cfg.DeadServerTimeout {
+		case dead >= n.cfg.DeadServerTimeout:
 			failed = append(failed, id)
 		}
 	}
@@ -324,6 +331,105 @@ func (r *reconciler) pruneDead(inConfig map[string]raft.Server, byID map[string]
 		voters--
 	}
 	return nil
+}
+
+// deadFor returns how long server id has been failed (or unknown to
+// gossip), 0 while it is alive or suspect.
+func (r *reconciler) deadFor(id string, byID map[string]membership.Member, now time.Time) time.Duration {
+	if id == r.n.id {
+		return 0
+	}
+	m, known := byID[id]
+	if !known {
+		if _, ok := r.unknownSince[id]; !ok {
+			r.unknownSince[id] = now
+		}
+		return max(now.Sub(r.unknownSince[id]), time.Nanosecond)
+	}
+	delete(r.unknownSince, id)
+	if m.State == membership.StateAlive || m.State == membership.StateSuspect {
+		return 0
+	}
+	return max(now.Sub(m.Since), time.Nanosecond)
+}
+
+// promoteMaxLag is how many log entries a non-voter may trail the leader's
+// last index by and still count as caught up.
+const promoteMaxLag = 256
+
+// promote makes non-voters voters once they have been healthy and caught
+// up for ServerStabilizationTime: alive in gossip and not stopping, reachable,
+// answering on their cluster port as themselves, with their log within
+// promoteMaxLag of the leader's. A server that is still receiving a
+// snapshot, or that flaps, adds nothing to the quorum until it is done.
+func (r *reconciler) promote(ctx context.Context, inConfig map[string]raft.Server, byID map[string]membership.Member) error {
+	n := r.n
+	if r.stableSince == nil {
+		r.stableSince = make(map[string]time.Time)
+	}
+	now := time.Now()
+	var wake time.Duration
+	for id, s := range inConfig {
+		if s.Suffrage == raft.Voter {
+			delete(r.stableSince, id)
+			continue
+		}
+		lag, err := r.lag(ctx, id, byID)
+		if err != nil {
+			if _, was := r.stableSince[id]; was {
+				n.logger.Info("non-voter not ready for promotion", "id", id, "reason", err)
+			}
+			delete(r.stableSince, id)
+			continue
+		}
+		since, ok := r.stableSince[id]
+		if !ok {
+			since = now
+			r.stableSince[id] = now
+			n.logger.Info("non-voter caught up", "id", id, "lag", lag)
+		}
+		if wait := n.cfg.ServerStabilizationTime - now.Sub(since); wait > 0 {
+			if wake == 0 || wait < wake {
+				wake = wait
+			}
+			continue
+		}
+		n.logger.Info("promoting non-voter to voter", "id", id, "lag", lag, "stable_for", now.Sub(since).Round(time.Millisecond))
+		if err := n.raft.AddVoter(s.ID, s.Address, 0, 0).Error(); err != nil {
+			return fmt.Errorf("promote %s: %w", id, err)
+		}
+		delete(r.stableSince, id)
+	}
+	if wake > 0 {
+		// Come back when the first waiting server has been stable long
+		// enough, rather than at the next reconcile tick.
+		time.AfterFunc(wake, func() { kick(n.reconcileCh) })
+	}
+	return nil
+}
+
+// lag returns how far non-voter id's log trails the leader's, or why it is
+// not a candidate for promotion now.
+func (r *reconciler) lag(ctx context.Context, id string, byID map[string]membership.Member) (uint64, error) {
+	n := r.n
+	m, ok := byID[id]
+	switch {
+	case !ok || m.State != membership.StateAlive:
+		return 0, errors.New("not alive in gossip")
+	case m.Status == membership.StatusStopping:
+		return 0, errors.New("stopping")
+	case n.isUnreachable(m.ID, m.RPCAddr):
+		return 0, errors.New("unreachable")
+	}
+	reply, err := n.peerInfo(ctx, id, m.RPCAddr)
+	if err != nil {
+		return 0, err
+	}
+	last := n.raft.LastIndex()
+	if reply.LastIndex+promoteMaxLag < last {
+		return 0, fmt.Errorf("log at %d, leader at %d", reply.LastIndex, last)
+	}
+	return last - min(last, reply.LastIndex), nil
 }
 
 // syncRegistry keeps the FSM's node registry equal to the raft

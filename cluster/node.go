@@ -65,6 +65,7 @@ type Node struct {
 	notifyCh      chan bool
 	reconcileCh   chan struct{}
 	bootstrapCh   chan struct{}
+	boot          bootstrapState
 	forwardCh     chan *forwardReq // writes waiting to be batched to the leader
 	leaderTerm    atomic.Uint64    // the term whose leader loop passed its barrier; 0: none
 	leaderChanges atomic.Uint64    // leader changes this node observed

@@ -33,10 +33,13 @@ type ReadIndexReply struct {
 // PeersArgs asks a node about its raft configuration.
 type PeersArgs struct{}
 
-// PeersReply tells how many servers a node's raft configuration holds.
+// PeersReply tells how many servers a node's raft configuration holds and
+// how far its log reaches, which the leader reads before promoting it.
 type PeersReply struct {
-	ID      string
-	Servers int
+	ID           string
+	Servers      int
+	LastIndex    uint64
+	AppliedIndex uint64
 }
 
 // RemovePeerArgs asks the leader to remove a server from the configuration.
@@ -91,6 +94,8 @@ func (s *rpcService) Peers(_ PeersArgs, reply *PeersReply) error {
 	}
 	reply.ID = s.n.id
 	reply.Servers = len(f.Configuration().Servers)
+	reply.LastIndex = s.n.raft.LastIndex()
+	reply.AppliedIndex = s.n.raft.AppliedIndex()
 	return nil
 }
 

@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mcpcluster/mcpcluster/cluster"
 )
 
 // Churn: a node paused past the dead-server timeout is removed, and with it
@@ -102,5 +104,71 @@ func TestDrainFinishesProviderCalls(t *testing.T) {
 	text, ranOn, err := callTool(ctx, cl, "slow_tick", nil)
 	if err != nil || ranOn == holder.id || !strings.HasPrefix(text, "tick") {
 		t.Fatalf("call after the move: %q on %s, %v", text, ranOn, err)
+	}
+}
+
+// Bootstrap with extra nodes: five processes started at once with
+// --bootstrap-expect 3 form one cluster. One node bootstraps it with three
+// voters; the two others join as non-voters and are promoted once caught
+// up and stable.
+func TestBootstrapExtraNodes(t *testing.T) {
+	c := &testCluster{t: t}
+	for i := range 5 {
+		c.nodes = append(c.nodes, newNode(t, fmt.Sprintf("node%d", i+1)))
+	}
+	for _, nd := range c.nodes {
+		nd.extra = append(nd.extra, "--bootstrap-expect", "3")
+		nd.extra = append(nd.extra, c.joinFlags()...)
+	}
+	c.startAll()
+
+	// Poll the leader's view: the extra nodes must be seen as non-voters
+	// before they are voters.
+	seenNonvoter := map[string]bool{}
+	waitFor(t, 90*time.Second, func() error {
+		var st cluster.Status
+		var err error
+		for _, nd := range c.nodes {
+			if st, err = nd.status(); err == nil && st.Raft.State == "Leader" {
+				break
+			}
+		}
+		if err != nil || st.Raft.State != "Leader" {
+			return fmt.Errorf("no leader yet: %v", err)
+		}
+		voters := 0
+		for _, s := range st.Servers {
+			switch s.Suffrage {
+			case "Nonvoter":
+				seenNonvoter[s.ID] = true
+			case "Voter":
+				voters++
+			}
+		}
+		if voters != 5 {
+			return fmt.Errorf("%d voters in %+v", voters, st.Servers)
+		}
+		return nil
+	})
+	c.waitStable(30*time.Second, c.nodes, c.ids()...)
+	if len(seenNonvoter) != 2 {
+		t.Errorf("nodes seen as non-voters before promotion: %v, want the 2 beyond --bootstrap-expect", seenNonvoter)
+	}
+	bootstrapped := 0
+	for _, nd := range c.nodes {
+		if strings.Contains(nd.log(), "bootstrapping cluster") {
+			bootstrapped++
+		}
+	}
+	if bootstrapped != 1 {
+		t.Errorf("%d nodes bootstrapped a configuration, want exactly 1", bootstrapped)
+	}
+	c.nodes[4].mustPut("one", "cluster")
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	for _, nd := range c.nodes {
+		if code, body, err := nd.get(ctx, "one", "linearizable"); err != nil || code != 200 || body != "cluster" {
+			t.Errorf("%s: %d %q %v", nd.id, code, body, err)
+		}
 	}
 }

@@ -87,6 +87,7 @@ func NewAgent(cfg AgentConfig, logger *slog.Logger) (_ *Agent, err error) {
 	nc.BootstrapExpect = cfg.BootstrapExpect
 	nc.GossipProfile = cfg.GossipProfile
 	nc.DeadServerTimeout = cfg.DeadServerTime
+	nc.ServerStabilizationTime = cfg.Stabilization
 	nc.ReconcileInterval = cfg.ReconcileEvery
 	nc.RaftHeartbeatTimeout = cfg.RaftHeartbeat
 	nc.RaftElectionTimeout = cfg.RaftElection

@@ -43,6 +43,7 @@ type AgentConfig struct {
 	LeaveOnTerminate bool          `yaml:"leave_on_terminate"`
 	EnableDebug      bool          `yaml:"enable_debug"`
 	DeadServerTime   time.Duration `yaml:"dead_server_timeout"`
+	Stabilization    time.Duration `yaml:"server_stabilization_time"`
 	ReconcileEvery   time.Duration `yaml:"reconcile_interval"`
 	RaftHeartbeat    time.Duration `yaml:"raft_heartbeat_timeout"`
 	RaftElection     time.Duration `yaml:"raft_election_timeout"`
@@ -141,6 +142,7 @@ func defaultAgentConfig() AgentConfig {
 		LogLevel:        "info",
 		LogFormat:       "text",
 		DeadServerTime:  30 * time.Second,
+		Stabilization:   cluster.DefaultServerStabilizationTime,
 		ReconcileEvery:  5 * time.Second,
 		RaftHeartbeat:   time.Second,
 		RaftElection:    time.Second,
@@ -243,6 +245,7 @@ var agentOptions = []option{
 	{name: "leave-on-terminate", usage: "leave the cluster on SIGTERM/SIGINT instead of just stopping", bool: true, set: boolean(func(c *AgentConfig) *bool { return &c.LeaveOnTerminate })},
 	{name: "enable-debug", usage: "serve Go profiles at /debug/pprof/ on the HTTP port", bool: true, set: boolean(func(c *AgentConfig) *bool { return &c.EnableDebug })},
 	{name: "dead-server-timeout", usage: "how long a failed server stays a voter before the leader removes it", set: dur(func(c *AgentConfig) *time.Duration { return &c.DeadServerTime })},
+	{name: "server-stabilization-time", usage: "how long a new server must stay healthy and caught up before it becomes a voter", set: dur(func(c *AgentConfig) *time.Duration { return &c.Stabilization })},
 	{name: "reconcile-interval", usage: "how often the leader reconciles gossip into raft", set: dur(func(c *AgentConfig) *time.Duration { return &c.ReconcileEvery })},
 	{name: "raft-heartbeat-timeout", usage: "raft heartbeat timeout (failure detection of the leader)", set: dur(func(c *AgentConfig) *time.Duration { return &c.RaftHeartbeat })},
 	{name: "raft-election-timeout", usage: "raft election timeout", set: dur(func(c *AgentConfig) *time.Duration { return &c.RaftElection })},
