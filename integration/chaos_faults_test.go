@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"slices"
@@ -249,39 +250,80 @@ func (r *chaosRun) rollingRestart() {
 // chaosEntries is how many cache entries a node joins with.
 const chaosEntries = 100_000
 
+// loadClient writes the entries, with a connection per writer kept.
+var loadClient = &http.Client{
+	Timeout:   30 * time.Second,
+	Transport: withToken(&http.Transport{MaxIdleConns: 256, MaxIdleConnsPerHost: 256, IdleConnTimeout: time.Minute}),
+}
+
 // loadEntries writes chaosEntries entries of 100 bytes (e000000...)
-// through the leader with 64 writers: following nodes would only forward
-// them to it. The clients keep running meanwhile.
+// through the leader with 192 writers (following nodes would only forward
+// them to it), the fastest way the API offers: there is no batch write.
+// The clients idle meanwhile: the entries are the setting of the next
+// fault, not a fault. They stay (no TTL, far below the cache bound), so a
+// later round writes none.
 func (r *chaosRun) loadEntries() {
+	if r.loaded {
+		return
+	}
+	r.loaded = true
+	r.idle.Store(true)
+	idleFrom := r.now()
+	defer func() {
+		r.idle.Store(false)
+		r.mu.Lock()
+		r.idles = append(r.idles, span{idleFrom, r.now()})
+		r.mu.Unlock()
+	}()
 	began := time.Now()
 	l := r.leader()
 	value := strings.Repeat("v", 100)
+	put := func(ctx context.Context, nd *node, key string) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPut, "http://"+nd.http+"/v1/cache/"+key, strings.NewReader(value))
+		if err != nil {
+			return err
+		}
+		resp, err := loadClient.Do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("%s: %s %s", nd.id, resp.Status, strings.TrimSpace(string(b)))
+		}
+		return nil
+	}
 	var next atomic.Int64
 	var wg sync.WaitGroup
-	errs := make(chan error, 64)
+	const writers = 192
+	errs := make(chan error, writers)
 	ctx, cancel := context.WithTimeout(r.t.Context(), 5*time.Minute)
 	defer cancel()
-	for range 64 {
+	for w := range writers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(w), 3))
 			for {
 				i := next.Add(1) - 1
 				if i >= chaosEntries || ctx.Err() != nil {
 					return
 				}
-				// A write that fails is tried again, through any node.
+				// A write that fails is tried again, the last time
+				// through any node.
+				key := fmt.Sprintf("e%06d", i)
 				var err error
-				for attempt, nd := range []*node{l, l, r.pick(rand.New(rand.NewPCG(uint64(i), 3)), "")} {
+				for attempt, nd := range []*node{l, l, r.pick(rng, "")} {
 					if attempt > 0 {
 						time.Sleep(200 * time.Millisecond)
 					}
-					if err = benchPut(ctx, nd, fmt.Sprintf("e%06d", i), value); err == nil {
+					if err = put(ctx, nd, key); err == nil {
 						break
 					}
 				}
 				if err != nil {
-					errs <- fmt.Errorf("write e%06d: %w", i, err)
+					errs <- fmt.Errorf("write %s: %w", key, err)
 					cancel()
 					return
 				}
@@ -304,6 +346,7 @@ func (r *chaosRun) joinWithEntries() {
 	c := r.c
 	r.joined++
 	nn := newNode(r.t, fmt.Sprintf("node%d", len(c.nodes)+r.joined), slices.Clone(c.nodes[0].extra)...)
+	r.extra = append(r.extra, nn)
 	began := time.Now()
 	nn.start()
 	all := append(slices.Clone(c.nodes), nn)

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -74,10 +75,19 @@ func (r *chaosRun) liveFailures() []opFailure {
 	return out
 }
 
-// describe is one failure on one line: operation, node, fault, error.
+// describe is one failure on one line: operation, node, fault, error
+// (with the nodes' cluster addresses in it named).
 func (r *chaosRun) describe(f opFailure) string {
-	return fmt.Sprintf("%s\t%s\t%.1fs–%.1fs\t%s\t%.200s", f.op, f.node, time.Duration(f.call).Seconds(),
-		time.Duration(f.ret).Seconds(), r.windowsAt(f.call, f.ret), f.err)
+	return fmt.Sprintf("%s\t%s\t%.1fs–%.1fs\t%s\t%.240s", f.op, f.node, time.Duration(f.call).Seconds(),
+		time.Duration(f.ret).Seconds(), r.windowsAt(f.call, f.ret), r.nameAddrs(f.err))
+}
+
+// nameAddrs follows each node's cluster address in text with its id.
+func (r *chaosRun) nameAddrs(text string) string {
+	for _, nd := range append(slices.Clone(r.c.nodes), r.extra...) {
+		text = strings.ReplaceAll(text, nd.rpc, nd.rpc+" ("+nd.id+")")
+	}
+	return text
 }
 
 // gapIn is the longest time within w without a successful operation of ops.
@@ -96,6 +106,16 @@ func gapIn(ops []histOp, w faultWindow) time.Duration {
 	}
 	gap = max(gap, w.end-last)
 	return time.Duration(gap).Round(10 * time.Millisecond)
+}
+
+// idledIn reports whether the clients idled between from and to.
+func (r *chaosRun) idledIn(from, to int64) bool {
+	for _, s := range r.idles {
+		if s.overlaps(from, to) {
+			return true
+		}
+	}
+	return false
 }
 
 // ranIn reports whether any operation of ops was called within w.
@@ -169,9 +189,12 @@ func (r *chaosRun) summary(n int, verdict porcupine.CheckResult, lost, twoLeader
 				}
 			}
 		} else {
+			// Gaps while the clients idled are not unavailability.
 			sort.Slice(done, func(i, j int) bool { return done[i] < done[j] })
 			for i := 1; i < len(done); i++ {
-				gap = max(gap, done[i]-done[i-1])
+				if !r.idledIn(done[i-1], done[i]) {
+					gap = max(gap, done[i]-done[i-1])
+				}
 			}
 		}
 		cl := classes[name]

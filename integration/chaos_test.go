@@ -9,8 +9,10 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -59,6 +61,10 @@ type chaosRun struct {
 	downAt  map[string]int64           // when each node in down went down
 	downs   map[string][]span          // past down intervals of each node
 	joined  int                        // nodes the nemesis added beyond n
+	extra   []*node                    // those nodes
+	idles   []span                     // when the clients idled
+	loaded  bool                       // the cache holds chaosEntries entries
+	idle    atomic.Bool                // clients wait while the cache is filled
 	slow    []map[string]*client.Client
 	stop    chan struct{}
 	wg      sync.WaitGroup
@@ -113,6 +119,19 @@ func runChaos(t *testing.T, n, rounds int) {
 	r := &chaosRun{t: t, c: c, start: time.Now(), rng: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1)),
 		acked: map[string]string{}, faults: map[string]int{}, leaders: map[uint64]map[string]bool{},
 		down: map[string]bool{}, downAt: map[string]int64{}, downs: map[string][]span{}, stop: make(chan struct{})}
+	// When the run fails, every node's log is kept next to the history.
+	stamp := time.Now().Format("150405")
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		for _, nd := range append(slices.Clone(c.nodes), r.extra...) {
+			name := filepath.Join(*chaosOut, fmt.Sprintf("history-%dnodes-%s.%s.log", n, stamp, nd.id))
+			if os.MkdirAll(*chaosOut, 0o755) == nil && os.WriteFile(name, []byte(nd.log()), 0o644) == nil {
+				t.Logf("log of %s kept in %s", nd.id, name)
+			}
+		}
+	})
 	sessionNode := c.nodes[0]
 	session := mcpgoClient(t, sessionNode.mcpURL(), legacy).GetSessionId()
 
@@ -193,7 +212,7 @@ func runChaos(t *testing.T, n, rounds int) {
 	if err := os.MkdirAll(*chaosOut, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	histFile := filepath.Join(*chaosOut, fmt.Sprintf("history-%dnodes-%s.jsonl", n, time.Now().Format("150405")))
+	histFile := filepath.Join(*chaosOut, fmt.Sprintf("history-%dnodes-%s.jsonl", n, stamp))
 	if err := writeHistory(histFile, r.history); err != nil {
 		t.Fatal(err)
 	}
@@ -203,7 +222,7 @@ func runChaos(t *testing.T, n, rounds int) {
 	for _, f := range r.liveFailures() {
 		if mustNotFail[f.op] {
 			t.Errorf("%s failed through live node %s, called %.1fs, returned %.1fs, during %s: %s", f.op, f.node,
-				time.Duration(f.call).Seconds(), time.Duration(f.ret).Seconds(), r.windowsAt(f.call, f.ret), f.err)
+				time.Duration(f.call).Seconds(), time.Duration(f.ret).Seconds(), r.windowsAt(f.call, f.ret), r.nameAddrs(f.err))
 		}
 	}
 	if verdict != porcupine.Ok {
@@ -370,6 +389,19 @@ func (r *chaosRun) failed(op string, h histOp, ret int64, err string) {
 	r.fails = append(r.fails, opFailure{op: op, client: h.Client, node: h.Node, call: h.Call, ret: ret, err: err})
 }
 
+// waitBusy waits while the clients are told to idle; false when the run
+// stops meanwhile.
+func (r *chaosRun) waitBusy() bool {
+	for r.idle.Load() {
+		select {
+		case <-r.stop:
+			return false
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return true
+}
+
 // kvClient runs cache operations through random nodes until stopped.
 func (r *chaosRun) kvClient(id int) {
 	defer r.wg.Done()
@@ -381,6 +413,9 @@ func (r *chaosRun) kvClient(id int) {
 		case <-r.stop:
 			return
 		default:
+		}
+		if !r.waitBusy() {
+			return
 		}
 		nd := r.pick(rng, "")
 		key := fmt.Sprintf("reg%d", rng.IntN(4))
@@ -466,6 +501,9 @@ func (r *chaosRun) callClient(id int, tool string, clients map[string]*client.Cl
 		case <-stop:
 			return
 		default:
+		}
+		if !r.waitBusy() {
+			return
 		}
 		nd := r.pick(rng, except)
 		h := histOp{Client: id, Input: kvInput{Op: "call", Key: tool}, Call: r.now(), Node: nd.id}
