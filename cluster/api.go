@@ -12,7 +12,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"github.com/mcpcluster/mcpcluster/fsm"
+	"github.com/mcpcluster/mcpcluster/membership"
 )
 
 // Status is what /v1/status reports about a node and its view of the cluster.
@@ -22,6 +24,7 @@ type Status struct {
 	Raft       RaftStats      `json:"raft"`
 	Servers    []ServerInfo   `json:"servers"`
 	Members    []MemberStatus `json:"members"`
+	Voters     VoterStatus    `json:"voters"`
 	FSM        fsm.Counts     `json:"fsm"`
 	Ready      bool           `json:"ready"`
 	ReadyError string         `json:"ready_error,omitempty"`
@@ -39,6 +42,21 @@ type ServerInfo struct {
 	ID       string `json:"id"`
 	Address  string `json:"address"`
 	Suffrage string `json:"suffrage"`
+	Healthy  bool   `json:"healthy"` // alive in gossip and reachable, as this node sees it
+	Zone     string `json:"zone,omitempty"`
+}
+
+// VoterStatus sums up the voter set: how many voters and non-voters there
+// are, how many voters the cluster would have if every alive member could
+// vote (odd, at most max_voters), and a warning when it has fewer.
+type VoterStatus struct {
+	Voters        int      `json:"voters"`
+	HealthyVoters int      `json:"healthy_voters"`
+	Nonvoters     int      `json:"nonvoters"`
+	MaxVoters     int      `json:"max_voters"`
+	Wanted        int      `json:"wanted"`
+	Pinned        []string `json:"pinned_nonvoting,omitempty"` // alive members started with --voter=false
+	Warning       string   `json:"warning,omitempty"`
 }
 
 // MemberStatus is one gossip member with its status and load.
@@ -51,24 +69,57 @@ type MemberStatus struct {
 	Status   string `json:"status"`
 	InFlight int    `json:"inflight"`
 	Capacity int    `json:"capacity"`
+	Zone     string `json:"zone,omitempty"`
+	NoVote   bool   `json:"nonvoting,omitempty"` // started with --voter=false
 }
 
 // Status returns the node's view of the cluster.
 func (n *Node) Status() Status {
 	st := Status{Node: n.id, Raft: n.RaftStats(), FSM: n.fsm.Counts()}
 	st.Leader.ID, st.Leader.RPCAddr = n.Leader()
-	if servers, err := n.Servers(); err == nil {
-		for _, s := range servers {
-			st.Servers = append(st.Servers, ServerInfo{ID: string(s.ID), Address: string(s.Address), Suffrage: s.Suffrage.String()})
-		}
-	}
-	for _, m := range n.members.Members() {
+	members := n.members.Members()
+	zones := make(map[string]string, len(members))
+	alive := 0
+	for _, m := range members {
 		st.Members = append(st.Members, MemberStatus{
 			ID: m.ID, HTTPAddr: m.HTTPAddr, RPCAddr: m.RPCAddr, Gossip: m.GossipAddr,
 			State: string(m.State), Status: string(m.Status), InFlight: m.InFlight, Capacity: m.Capacity,
+			Zone: m.Zone, NoVote: m.NoVote,
 		})
+		zones[m.ID] = m.Zone
 		if m.ID == st.Leader.ID {
 			st.Leader.HTTPAddr = m.HTTPAddr
+		}
+		if m.State == membership.StateAlive {
+			alive++
+			if m.NoVote {
+				st.Voters.Pinned = append(st.Voters.Pinned, m.ID)
+			}
+		}
+	}
+	if servers, err := n.Servers(); err == nil {
+		for _, s := range servers {
+			info := ServerInfo{ID: string(s.ID), Address: string(s.Address), Suffrage: s.Suffrage.String(),
+				Healthy: n.voterHealthy(string(s.ID)), Zone: zones[string(s.ID)]}
+			st.Servers = append(st.Servers, info)
+			if s.Suffrage == raft.Voter {
+				st.Voters.Voters++
+				if info.Healthy {
+					st.Voters.HealthyVoters++
+				}
+			} else {
+				st.Voters.Nonvoters++
+			}
+		}
+	}
+	st.Voters.MaxVoters = n.cfg.MaxVoters
+	if st.Voters.Wanted = min(alive, n.cfg.MaxVoters); st.Voters.Wanted > 1 && st.Voters.Wanted%2 == 0 {
+		st.Voters.Wanted--
+	}
+	if st.Voters.HealthyVoters < st.Voters.Wanted {
+		st.Voters.Warning = fmt.Sprintf("%d healthy voters, fewer than the %d wanted for %d alive members", st.Voters.HealthyVoters, st.Voters.Wanted, alive)
+		if len(st.Voters.Pinned) > 0 {
+			st.Voters.Warning += "; pinned non-voting (--voter=false): " + strings.Join(st.Voters.Pinned, ", ")
 		}
 	}
 	if err := n.Ready(); err != nil {

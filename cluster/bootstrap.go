@@ -17,8 +17,9 @@ import (
 //   - a node bootstraps only without raft state, once BootstrapExpect alive
 //     members (agreeing on BootstrapExpect) are in its gossip view, and only
 //     if none of them reports a raft configuration;
-//   - only the lowest id of its view proposes, with a configuration of the
-//     BootstrapExpect lowest ids as voters; every other node waits for the
+//   - only the lowest id of its view that may vote proposes, with a
+//     configuration of the lowest such ids as voters (BootstrapExpect of
+//     them, at most MaxVoters); every other node waits for the
 //     leader to reach it (the configuration arrives by replication, and an
 //     extra node is added later as a non-voter);
 //   - before writing it, the proposer collects a promise from every member of
@@ -160,15 +161,28 @@ func (n *Node) maybeBootstrap() (bool, error) {
 		}
 	}
 	sort.Slice(alive, func(i, j int) bool { return alive[i].ID < alive[j].ID })
-	if alive[0].ID != n.id {
-		return false, nil // the lowest id proposes; the leader will reach us
+	var voters []membership.Member // those that may vote, lowest ids first
+	for _, m := range alive {
+		if m.ID == n.id {
+			m.Meta = n.members.LocalMeta()
+		}
+		if !m.NoVote && len(voters) < min(n.cfg.BootstrapExpect, n.cfg.MaxVoters) {
+			voters = append(voters, m)
+		}
+	}
+	if len(voters) == 0 {
+		n.logger.Error("every member is pinned non-voting (--voter=false); no cluster can form", "members", len(alive))
+		return false, nil
+	}
+	if voters[0].ID != n.id {
+		return false, nil // the lowest voting id proposes; the leader will reach us
 	}
 	if err := n.collectPromises(alive); err != nil {
 		return false, err
 	}
 	cfg := raft.Configuration{}
-	ids := make([]string, 0, n.cfg.BootstrapExpect)
-	for _, m := range alive[:n.cfg.BootstrapExpect] {
+	ids := make([]string, 0, len(voters))
+	for _, m := range voters {
 		cfg.Servers = append(cfg.Servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(m.ID), Address: raft.ServerAddress(m.RPCAddr)})
 		ids = append(ids, m.ID)
 	}

@@ -57,6 +57,14 @@ type Config struct {
 	// ReconcileInterval is how often the leader reconciles gossip into raft
 	// even without membership events.
 	ReconcileInterval time.Duration
+	// MaxVoters bounds the raft voters the leader keeps (odd, at most this
+	// many); every further server is a non-voter.
+	MaxVoters int
+	// Zone labels the node's failure domain; the leader spreads voters
+	// over zones.
+	Zone string
+	// NonVoter pins the node to non-voting.
+	NonVoter bool
 	// ServerStabilizationTime is how long a non-voter must stay healthy and
 	// caught up with the leader's log before the leader promotes it.
 	ServerStabilizationTime time.Duration
@@ -110,6 +118,7 @@ func DefaultConfig() Config {
 		DeadServerTimeout:       30 * time.Second,
 		ReconcileInterval:       5 * time.Second,
 		ServerStabilizationTime: DefaultServerStabilizationTime,
+		MaxVoters:               DefaultMaxVoters,
 		RaftHeartbeatTimeout:    1000 * time.Millisecond,
 		RaftElectionTimeout:     1000 * time.Millisecond,
 		RaftLeaderLeaseTimeout:  500 * time.Millisecond,
@@ -143,6 +152,9 @@ func (c *Config) validate() error {
 	}
 	if c.DeadServerTimeout <= 0 || c.ReconcileInterval <= 0 || c.ApplyTimeout <= 0 {
 		return errors.New("dead server timeout, reconcile interval and apply timeout must be positive")
+	}
+	if c.MaxVoters < 1 {
+		return fmt.Errorf("max voters must be at least 1, got %d", c.MaxVoters)
 	}
 	if c.ServerStabilizationTime < 0 {
 		return errors.New("server stabilization time must not be negative")

@@ -238,7 +238,7 @@ func (r *reconciler) reconcile(ctx context.Context) error {
 	if err := r.pruneDead(inConfig, byID); err != nil {
 		return err
 	}
-	if err := r.promote(ctx, inConfig, byID); err != nil {
+	if err := r.adjustVoters(ctx, inConfig, byID); err != nil {
 		return err
 	}
 	if err := r.syncRegistry(ctx, byID); err != nil {
@@ -357,29 +357,39 @@ func (r *reconciler) deadFor(id string, byID map[string]membership.Member, now t
 // last index by and still count as caught up.
 const promoteMaxLag = 256
 
-// promote makes non-voters voters once they have been healthy and caught
-// up for ServerStabilizationTime: alive in gossip and not stopping, reachable,
-// answering on their cluster port as themselves, with their log within
-// promoteMaxLag of the leader's. A server that is still receiving a
-// snapshot, or that flaps, adds nothing to the quorum until it is done.
-func (r *reconciler) promote(ctx context.Context, inConfig map[string]raft.Server, byID map[string]membership.Member) error {
+// adjustVoters keeps the voter set: it finds which non-voters are ready
+// (healthy and caught up for ServerStabilizationTime: alive in gossip and
+// not stopping, reachable, answering on their cluster port as themselves,
+// with their log within promoteMaxLag of the leader's) and makes the next
+// change planVoters asks for. A server still receiving a snapshot, or one
+// that flaps, adds nothing to the quorum until it is done.
+func (r *reconciler) adjustVoters(ctx context.Context, inConfig map[string]raft.Server, byID map[string]membership.Member) error {
 	n := r.n
 	if r.stableSince == nil {
 		r.stableSince = make(map[string]time.Time)
 	}
 	now := time.Now()
 	var wake time.Duration
+	views := make([]serverView, 0, len(inConfig))
 	for id, s := range inConfig {
-		if s.Suffrage == raft.Voter {
+		m := byID[id]
+		if id == n.id {
+			m.Meta = n.members.LocalMeta()
+		}
+		v := serverView{ID: id, Voter: s.Suffrage == raft.Voter, Leader: id == n.id,
+			Healthy: n.voterHealthy(id), NoVote: m.NoVote, Zone: m.Zone}
+		if v.Voter || v.NoVote {
 			delete(r.stableSince, id)
+			views = append(views, v)
 			continue
 		}
 		lag, err := r.lag(ctx, id, byID)
 		if err != nil {
 			if _, was := r.stableSince[id]; was {
-				n.logger.Info("non-voter not ready for promotion", "id", id, "reason", err)
+				n.logger.Info("non-voter no longer ready for promotion", "id", id, "reason", err)
 			}
 			delete(r.stableSince, id)
+			views = append(views, v)
 			continue
 		}
 		since, ok := r.stableSince[id]
@@ -392,19 +402,34 @@ func (r *reconciler) promote(ctx context.Context, inConfig map[string]raft.Serve
 			if wake == 0 || wait < wake {
 				wake = wait
 			}
-			continue
+		} else {
+			v.Ready = true
 		}
-		n.logger.Info("promoting non-voter to voter", "id", id, "lag", lag, "stable_for", now.Sub(since).Round(time.Millisecond))
-		if err := n.raft.AddVoter(s.ID, s.Address, 0, 0).Error(); err != nil {
-			return fmt.Errorf("promote %s: %w", id, err)
-		}
-		delete(r.stableSince, id)
+		views = append(views, v)
 	}
 	if wake > 0 {
 		// Come back when the first waiting server has been stable long
 		// enough, rather than at the next reconcile tick.
 		time.AfterFunc(wake, func() { kick(n.reconcileCh) })
 	}
+	c := planVoters(views, n.cfg.MaxVoters)
+	if c == nil {
+		return nil
+	}
+	s := inConfig[c.ID]
+	if c.Promote {
+		n.logger.Info("promoting non-voter to voter", "id", c.ID, "reason", c.Reason, "stable_for", now.Sub(r.stableSince[c.ID]).Round(time.Millisecond))
+		if err := n.raft.AddVoter(s.ID, s.Address, 0, 0).Error(); err != nil {
+			return fmt.Errorf("promote %s: %w", c.ID, err)
+		}
+		delete(r.stableSince, c.ID)
+	} else {
+		n.logger.Info("demoting voter to non-voter", "id", c.ID, "reason", c.Reason)
+		if err := n.raft.DemoteVoter(s.ID, 0, 0).Error(); err != nil {
+			return fmt.Errorf("demote %s: %w", c.ID, err)
+		}
+	}
+	kick(n.reconcileCh) // plan the next step from the new configuration
 	return nil
 }
 

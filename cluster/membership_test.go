@@ -41,37 +41,53 @@ func TestJoinAsNonvoterThenPromoted(t *testing.T) {
 		}
 	}
 
-	cfg := testConfig(t, "n4", 3, nodes[0].GossipAddr())
-	stabilize(&cfg)
-	n4, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
+	// Two newcomers: with five nodes the cluster wants five voters.
+	joined := []*Node{}
+	for _, id := range []string{"n4", "n5"} {
+		cfg := testConfig(t, id, 3, nodes[0].GossipAddr())
+		stabilize(&cfg)
+		nd, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { nd.Shutdown() })
+		joined = append(joined, nd)
 	}
-	t.Cleanup(func() { n4.Shutdown() })
 
-	// It enters as a non-voter: the quorum stays 2 of 3 while it catches up.
-	var added time.Time
+	// They enter as non-voters: the quorum stays 2 of 3 while they catch up.
+	added := map[string]time.Time{}
 	waitFor(t, 20*time.Second, func() error {
-		if s := suffrageOf(t, leader, "n4"); s != raft.Nonvoter.String() {
-			return fmt.Errorf("n4 is %q", s)
+		for _, nd := range joined {
+			if _, ok := added[nd.ID()]; ok {
+				continue
+			}
+			switch s := suffrageOf(t, leader, nd.ID()); s {
+			case raft.Nonvoter.String():
+				added[nd.ID()] = time.Now()
+			case raft.Voter.String():
+				t.Fatalf("%s a voter before seen as a non-voter", nd.ID())
+			default:
+				return fmt.Errorf("%s not added", nd.ID())
+			}
 		}
-		added = time.Now()
 		return nil
 	})
-	waitFor(t, 20*time.Second, func() error {
-		if s := suffrageOf(t, leader, "n4"); s != raft.Voter.String() {
-			return fmt.Errorf("n4 is %q", s)
+	for _, nd := range joined {
+		waitFor(t, 20*time.Second, func() error {
+			if s := suffrageOf(t, leader, nd.ID()); s != raft.Voter.String() {
+				return fmt.Errorf("%s is %q", nd.ID(), s)
+			}
+			return nil
+		})
+		if waited := time.Since(added[nd.ID()]); waited < 2*time.Second-200*time.Millisecond {
+			t.Errorf("%s promoted %s after joining, before the 2s stabilization time", nd.ID(), waited)
 		}
-		return nil
-	})
-	if waited := time.Since(added); waited < 2*time.Second-200*time.Millisecond {
-		t.Errorf("promoted %s after joining, before the 2s stabilization time", waited)
+		// Promoted only once caught up: it holds the writes made before it joined.
+		if got := nd.raft.AppliedIndex(); got+promoteMaxLag < leader.raft.AppliedIndex() {
+			t.Errorf("%s applied %d, leader %d", nd.ID(), got, leader.raft.AppliedIndex())
+		}
 	}
-	// Promoted only once caught up: it holds every write made before it joined.
-	if got := n4.raft.AppliedIndex(); got+promoteMaxLag < leader.raft.AppliedIndex() {
-		t.Errorf("n4 applied %d, leader %d", got, leader.raft.AppliedIndex())
-	}
-	waitStable(t, append(nodes, n4), 4)
+	waitStable(t, append(nodes, joined...), 5)
 }
 
 func TestNonvoterNotPromotedWhileDown(t *testing.T) {

@@ -214,6 +214,8 @@ func New(cfg Config) (_ *Node, err error) {
 		Status:   membership.StatusStarting,
 		Expect:   cfg.BootstrapExpect,
 		Capacity: cfg.Capacity,
+		Zone:     cfg.Zone,
+		NoVote:   cfg.NonVoter,
 	}
 	if n.members, err = membership.New(mc); err != nil {
 		return nil, fmt.Errorf("start gossip: %w", err)
@@ -363,12 +365,12 @@ func (n *Node) TransferLeadershipTo(id string) error {
 			return err
 		}
 		for _, s := range servers {
-			if string(s.ID) == id {
+			if string(s.ID) == id && s.Suffrage == raft.Voter {
 				addr = s.Address
 			}
 		}
 		if addr == "" {
-			return fmt.Errorf("no voter %q", id)
+			return fmt.Errorf("no voter %q: leadership goes only to voters", id)
 		}
 	}
 	// raft hands the request to its leader loop without waiting and

@@ -38,7 +38,7 @@ func TestBootstrapAllAtOnce(t *testing.T) {
 					bootstrapped = append(bootstrapped, nd.id)
 				}
 				for _, line := range strings.Split(nd.log(), "\n") {
-					if strings.Contains(line, "bootstrapping cluster") && !strings.Contains(line, "servers=\"[node1 node2 node3]\"") {
+					if strings.Contains(line, "bootstrapping cluster") && !strings.Contains(line, "voters=\"[node1 node2 node3]\"") {
 						t.Errorf("%s bootstrapped with a different server list: %s", nd.id, line)
 					}
 				}
@@ -46,8 +46,8 @@ func TestBootstrapAllAtOnce(t *testing.T) {
 			if leaders != 1 {
 				t.Errorf("%d nodes in state Leader, want 1", leaders)
 			}
-			if len(bootstrapped) == 0 {
-				t.Error("no node logged bootstrapping")
+			if len(bootstrapped) != 1 {
+				t.Errorf("nodes that bootstrapped a configuration: %v, want exactly one", bootstrapped)
 			}
 			for _, nd := range c.nodes {
 				nd.stop(10 * time.Second)

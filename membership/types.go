@@ -47,6 +47,8 @@ type Meta struct {
 	InFlight int    `json:"inflight,omitempty"`
 	Capacity int    `json:"cap,omitempty"`
 	Expect   int    `json:"expect,omitempty"` // the node's --bootstrap-expect
+	Zone     string `json:"zone,omitempty"`   // the node's --zone, for spreading voters
+	NoVote   bool   `json:"novote,omitempty"` // --voter=false: never a raft voter
 }
 
 // encodeMeta returns the wire form of meta, or an error if it is too large.

@@ -88,6 +88,9 @@ func NewAgent(cfg AgentConfig, logger *slog.Logger) (_ *Agent, err error) {
 	nc.GossipProfile = cfg.GossipProfile
 	nc.DeadServerTimeout = cfg.DeadServerTime
 	nc.ServerStabilizationTime = cfg.Stabilization
+	nc.MaxVoters = cfg.MaxVoters
+	nc.NonVoter = !cfg.Voter
+	nc.Zone = cfg.Zone
 	nc.ReconcileInterval = cfg.ReconcileEvery
 	nc.RaftHeartbeatTimeout = cfg.RaftHeartbeat
 	nc.RaftElectionTimeout = cfg.RaftElection

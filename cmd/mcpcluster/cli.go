@@ -197,6 +197,10 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "Last index:    %d (commit %d, applied %d)\n", st.Raft.LastIndex, st.Raft.CommitIndex, st.Raft.AppliedIndex)
 	fmt.Fprintf(stdout, "Ready:         %s\n", ready)
 	fmt.Fprintf(stdout, "State:         %d nodes, %d tools, %d sessions, %d cache entries\n", st.FSM.Nodes, st.FSM.Tools, st.FSM.Sessions, st.FSM.CacheEntries)
+	fmt.Fprintf(stdout, "Voters:        %d (%d healthy) of %d wanted, max %d; %d non-voters\n", st.Voters.Voters, st.Voters.HealthyVoters, st.Voters.Wanted, st.Voters.MaxVoters, st.Voters.Nonvoters)
+	if st.Voters.Warning != "" {
+		fmt.Fprintf(stdout, "Warning:       %s\n", st.Voters.Warning)
+	}
 	fmt.Fprintln(stdout, "Servers:")
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	for _, s := range st.Servers {
@@ -214,7 +218,7 @@ func printMembers(w io.Writer, st cluster.Status) {
 		voters[s.ID] = strings.ToLower(s.Suffrage)
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tHTTP\tRPC\tGOSSIP\tSTATE\tSTATUS\tRAFT\tLOAD")
+	fmt.Fprintln(tw, "ID\tHTTP\tRPC\tGOSSIP\tSTATE\tSTATUS\tRAFT\tZONE\tLOAD")
 	for _, m := range st.Members {
 		role := voters[m.ID]
 		if role == "" {
@@ -223,7 +227,14 @@ func printMembers(w io.Writer, st cluster.Status) {
 		if m.ID == st.Leader.ID {
 			role = "leader"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d/%d\n", m.ID, m.HTTPAddr, m.RPCAddr, m.Gossip, m.State, m.Status, role, m.InFlight, m.Capacity)
+		if m.NoVote {
+			role += " (pinned)"
+		}
+		zone := m.Zone
+		if zone == "" {
+			zone = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d/%d\n", m.ID, m.HTTPAddr, m.RPCAddr, m.Gossip, m.State, m.Status, role, zone, m.InFlight, m.Capacity)
 	}
 	tw.Flush()
 }

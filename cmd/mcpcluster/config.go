@@ -44,6 +44,9 @@ type AgentConfig struct {
 	EnableDebug      bool          `yaml:"enable_debug"`
 	DeadServerTime   time.Duration `yaml:"dead_server_timeout"`
 	Stabilization    time.Duration `yaml:"server_stabilization_time"`
+	MaxVoters        int           `yaml:"max_voters"`
+	Voter            bool          `yaml:"voter"`
+	Zone             string        `yaml:"zone"`
 	ReconcileEvery   time.Duration `yaml:"reconcile_interval"`
 	RaftHeartbeat    time.Duration `yaml:"raft_heartbeat_timeout"`
 	RaftElection     time.Duration `yaml:"raft_election_timeout"`
@@ -143,6 +146,8 @@ func defaultAgentConfig() AgentConfig {
 		LogFormat:       "text",
 		DeadServerTime:  30 * time.Second,
 		Stabilization:   cluster.DefaultServerStabilizationTime,
+		MaxVoters:       cluster.DefaultMaxVoters,
+		Voter:           true,
 		ReconcileEvery:  5 * time.Second,
 		RaftHeartbeat:   time.Second,
 		RaftElection:    time.Second,
@@ -245,6 +250,9 @@ var agentOptions = []option{
 	{name: "leave-on-terminate", usage: "leave the cluster on SIGTERM/SIGINT instead of just stopping", bool: true, set: boolean(func(c *AgentConfig) *bool { return &c.LeaveOnTerminate })},
 	{name: "enable-debug", usage: "serve Go profiles at /debug/pprof/ on the HTTP port", bool: true, set: boolean(func(c *AgentConfig) *bool { return &c.EnableDebug })},
 	{name: "dead-server-timeout", usage: "how long a failed server stays a voter before the leader removes it", set: dur(func(c *AgentConfig) *time.Duration { return &c.DeadServerTime })},
+	{name: "max-voters", usage: "most raft voters the cluster keeps (odd); further nodes serve as non-voters", set: positive(func(c *AgentConfig) *int { return &c.MaxVoters })},
+	{name: "voter", usage: "may be a raft voter; --voter=false keeps this node non-voting", bool: true, set: boolean(func(c *AgentConfig) *bool { return &c.Voter })},
+	{name: "zone", usage: "failure-domain label (rack, zone); the leader spreads voters over zones", set: str(func(c *AgentConfig) *string { return &c.Zone })},
 	{name: "server-stabilization-time", usage: "how long a new server must stay healthy and caught up before it becomes a voter", set: dur(func(c *AgentConfig) *time.Duration { return &c.Stabilization })},
 	{name: "reconcile-interval", usage: "how often the leader reconciles gossip into raft", set: dur(func(c *AgentConfig) *time.Duration { return &c.ReconcileEvery })},
 	{name: "raft-heartbeat-timeout", usage: "raft heartbeat timeout (failure detection of the leader)", set: dur(func(c *AgentConfig) *time.Duration { return &c.RaftHeartbeat })},

@@ -2,6 +2,7 @@ package main
 
 import (
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/mcpcluster/mcpcluster/cluster"
@@ -103,13 +104,14 @@ var (
 	descRaftLast      = prometheus.NewDesc("mcpcluster_raft_last_index", "Last raft log index.", nil, nil)
 	descLeaderChanges = prometheus.NewDesc("mcpcluster_leader_changes_total", "Leader changes this node observed.", nil, nil)
 	descMembers       = prometheus.NewDesc("mcpcluster_members", "Gossip members by liveness and status.", []string{"state", "status"}, nil)
+	descServers       = prometheus.NewDesc("mcpcluster_raft_servers", "Raft servers by suffrage (voter, nonvoter) and health (healthy, failed), as this node sees them.", []string{"suffrage", "health"}, nil)
 	descCache         = prometheus.NewDesc("mcpcluster_cache_entries", "Entries in the shared cache.", nil, nil)
 	descCacheBytes    = prometheus.NewDesc("mcpcluster_cache_bytes", "Bytes of keys and values in the shared cache.", nil, nil)
 	descSessions      = prometheus.NewDesc("mcpcluster_sessions", "Replicated MCP sessions.", nil, nil)
 )
 
 func (c *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descRaftState, descRaftTerm, descRaftCommit, descRaftApplied, descRaftLast, descLeaderChanges, descMembers, descCache, descCacheBytes, descSessions} {
+	for _, d := range []*prometheus.Desc{descRaftState, descRaftTerm, descRaftCommit, descRaftApplied, descRaftLast, descLeaderChanges, descMembers, descServers, descCache, descCacheBytes, descSessions} {
 		ch <- d
 	}
 }
@@ -134,6 +136,19 @@ func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for k, v := range counts {
 		ch <- prometheus.MustNewConstMetric(descMembers, prometheus.GaugeValue, float64(v), k[0], k[1])
+	}
+	if peers, err := c.n.RaftPeers(); err == nil {
+		servers := map[[2]string]int{{"voter", "healthy"}: 0, {"voter", "failed"}: 0, {"nonvoter", "healthy"}: 0, {"nonvoter", "failed"}: 0}
+		for _, p := range peers {
+			k := [2]string{strings.ToLower(p.Suffrage), "failed"}
+			if p.Healthy {
+				k[1] = "healthy"
+			}
+			servers[k]++
+		}
+		for k, v := range servers {
+			ch <- prometheus.MustNewConstMetric(descServers, prometheus.GaugeValue, float64(v), k[0], k[1])
+		}
 	}
 	fc := c.n.FSM().Counts()
 	ch <- prometheus.MustNewConstMetric(descCache, prometheus.GaugeValue, float64(fc.CacheEntries))
