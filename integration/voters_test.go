@@ -285,3 +285,38 @@ func TestPinnedNonvoterStaysNonvoting(t *testing.T) {
 	}
 	node4.mustPut("still", "writable")
 }
+
+// Nine processes: five voters and four non-voters; every node serves; the
+// leader and a non-voter die, a non-voter takes the lost vote, and writes
+// and calls go on through every survivor.
+func TestNineNodes(t *testing.T) {
+	c := newScaleCluster(t, 9, nil, "--dead-server-timeout", "4s")
+	st := c.waitSuffrage(120*time.Second, c.nodes, 5, 4)
+	roles := suffrages(st)
+	var nonvoter *node
+	for _, nd := range c.nodes {
+		if roles[nd.id] == "Nonvoter" {
+			nonvoter = nd
+			break
+		}
+	}
+	leader := c.node(st.Node)
+	leader.kill()
+	nonvoter.kill()
+	alive := c.except(leader.id, nonvoter.id)
+	st = c.waitSuffrage(60*time.Second, alive, 5, 2)
+	t.Logf("after killing leader %s and non-voter %s: leader %s, voters %v", leader.id, nonvoter.id, st.Node, voters(st))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for i, nd := range alive {
+		writer := alive[(i+3)%len(alive)]
+		key, value := "nine-"+nd.id, "via-"+writer.id
+		writer.mustPut(key, value)
+		if code, body, err := nd.get(ctx, key, "linearizable"); err != nil || code != http.StatusOK || body != value {
+			t.Errorf("%s reads %s: %d %q %v", nd.id, key, code, body, err)
+		}
+		if code, body := rawMCP(t, nd, http.MethodPost, "", "application/json", echoCall); code != http.StatusOK || !strings.Contains(body, "still here") {
+			t.Errorf("%s: tools/call: %d %s", nd.id, code, body)
+		}
+	}
+}
