@@ -55,46 +55,66 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 func BenchmarkClusterWrite(b *testing.B) {
 	c := newCluster(b, 3, "--log-level", "warn")
 	c.waitStable(30*time.Second, c.nodes, c.ids()...)
-	value := strings.Repeat("v", 100)
 	for _, writers := range []int{1, 16, 64} {
-		b.Run(fmt.Sprintf("writers=%d", writers), func(b *testing.B) {
-			ctx := context.Background()
-			var next atomic.Int64
-			lat := make([][]time.Duration, writers)
-			var failed atomic.Int64
-			var wg sync.WaitGroup
-			b.ResetTimer()
-			start := time.Now()
-			for w := range writers {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					for {
-						i := next.Add(1) - 1
-						if i >= int64(b.N) {
-							return
-						}
-						t0 := time.Now()
-						if err := benchPut(ctx, c.nodes[int(i)%3], fmt.Sprintf("w%d-%d", writers, i), value); err != nil {
-							failed.Add(1)
-							continue
-						}
-						lat[w] = append(lat[w], time.Since(t0))
-					}
-				}()
-			}
-			wg.Wait()
-			elapsed := time.Since(start)
-			b.StopTimer()
-			all := slices.Concat(lat...)
-			slices.Sort(all)
-			b.ReportMetric(float64(len(all))/elapsed.Seconds(), "sets/s")
-			b.ReportMetric(float64(percentile(all, 0.50).Microseconds()), "p50-µs")
-			b.ReportMetric(float64(percentile(all, 0.99).Microseconds()), "p99-µs")
-			if f := failed.Load(); f > 0 {
-				b.Errorf("%d sets failed", f)
+		b.Run(fmt.Sprintf("writers=%d", writers), func(b *testing.B) { benchWrites(b, c.nodes, writers) })
+	}
+}
+
+// BenchmarkVoterCount compares writes on nine nodes with three voters (and
+// six non-voters) against nine voters: every write waits for a majority of
+// the voters, and the leader replicates to every server either way.
+func BenchmarkVoterCount(b *testing.B) {
+	for _, voters := range []int{3, 9} {
+		b.Run(fmt.Sprintf("voters=%d", voters), func(b *testing.B) {
+			c := newScaleCluster(b, 9, nil, "--log-level", "warn", "--max-voters", fmt.Sprint(voters))
+			st := c.waitSuffrage(120*time.Second, c.nodes, voters, 9-voters)
+			leader := c.node(st.Node)
+			for _, writers := range []int{1, 16} {
+				b.Run(fmt.Sprintf("writers=%d", writers), func(b *testing.B) { benchWrites(b, []*node{leader}, writers) })
 			}
 		})
+	}
+}
+
+// benchWrites runs b.N cache sets of 100 bytes from writers goroutines,
+// round-robin over nodes, and reports throughput and latency.
+func benchWrites(b *testing.B, nodes []*node, writers int) {
+	value := strings.Repeat("v", 100)
+	ctx := context.Background()
+	var next atomic.Int64
+	lat := make([][]time.Duration, writers)
+	var failed atomic.Int64
+	var wg sync.WaitGroup
+	b.ResetTimer()
+	start := time.Now()
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := next.Add(1) - 1
+				if i >= int64(b.N) {
+					return
+				}
+				t0 := time.Now()
+				if err := benchPut(ctx, nodes[int(i)%len(nodes)], fmt.Sprintf("w%d-%d", writers, i), value); err != nil {
+					failed.Add(1)
+					continue
+				}
+				lat[w] = append(lat[w], time.Since(t0))
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	b.StopTimer()
+	all := slices.Concat(lat...)
+	slices.Sort(all)
+	b.ReportMetric(float64(len(all))/elapsed.Seconds(), "sets/s")
+	b.ReportMetric(float64(percentile(all, 0.50).Microseconds()), "p50-µs")
+	b.ReportMetric(float64(percentile(all, 0.99).Microseconds()), "p99-µs")
+	if f := failed.Load(); f > 0 {
+		b.Errorf("%d sets failed", f)
 	}
 }
 

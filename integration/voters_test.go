@@ -19,7 +19,7 @@ import (
 
 // newScaleCluster starts n nodes that bootstrap with --bootstrap-expect 3;
 // per(i) gives node i+1 its own extra flags.
-func newScaleCluster(t *testing.T, n int, per func(i int) []string, extra ...string) *testCluster {
+func newScaleCluster(t testing.TB, n int, per func(i int) []string, extra ...string) *testCluster {
 	t.Helper()
 	c := &testCluster{t: t}
 	for i := range n {
