@@ -51,11 +51,11 @@ bench-go: build
 	MCPCLUSTER_BIN=$(abspath $(BIN)) $(GO) test -run='^$$' -bench='ClusterWrite|ToolCall|Backpressure' -benchtime=5000x -timeout 30m ./integration/
 	MCPCLUSTER_BIN=$(abspath $(BIN)) $(GO) test -run='^$$' -bench='LeaderFailover|GossipFailureDetection' -benchtime=5x -timeout 30m ./integration/
 
-## chaos-short: 3 nodes, each fault once under load, checked (about 1 minute)
+## chaos-short: 3 nodes, each fault once under load, checked (about 3 minutes)
 chaos-short: build
 	MCPCLUSTER_BIN=$(abspath $(BIN)) $(GO) test -count=1 -run '^TestChaos$$' -v -timeout 15m ./integration/ -args -chaos short -chaos.out $(abspath chaos-out) | grep -vE '^\s+time=|=== start'
 
-## chaos: 3 nodes (two rounds of faults) and 5 nodes, checked (a few minutes)
+## chaos: 3 nodes (two rounds of faults) and 5 nodes, checked (about 10 minutes)
 chaos: build
 	MCPCLUSTER_BIN=$(abspath $(BIN)) $(GO) test -count=1 -run '^(TestChaos|TestPartitions)$$' -v -timeout 30m ./integration/ -args -chaos full -chaos.out $(abspath chaos-out) | grep -vE '^\s+time=|=== start'
 
