@@ -154,8 +154,8 @@ func DefaultAPIConfig() APIConfig { return APIConfig{} }
 // /v1/cache/{key}, and the writes PUT and DELETE /v1/cache/{key},
 // /v1/agent/leave, /v1/agent/snapshot, /v1/agent/transfer-leadership,
 // the keyring operations under /v1/operator/keyring, GET
-// /v1/operator/raft/peers and POST /v1/operator/raft/remove-peer, and GET (save) and
-// PUT (restore) /v1/snapshot.
+// /v1/operator/raft/peers and POST /v1/operator/raft/remove-peer, GET (save) and
+// PUT (restore) /v1/snapshot, and GET /v1/events.
 type API struct {
 	n   *Node
 	cfg APIConfig
@@ -186,6 +186,7 @@ func NewAPI(n *Node, cfg APIConfig) *API {
 	a.keyringRoutes()
 	a.snapshotRoutes()
 	a.raftRoutes()
+	a.eventRoutes()
 	return a
 }
 

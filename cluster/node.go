@@ -69,6 +69,7 @@ type Node struct {
 	forwardCh     chan *forwardReq // writes waiting to be batched to the leader
 	leaderTerm    atomic.Uint64    // the term whose leader loop passed its barrier; 0: none
 	leaderChanges atomic.Uint64    // leader changes this node observed
+	events        eventLog         // recent leader changes and placement moves
 
 	shutdownCh   chan struct{}
 	shutdownOnce sync.Once
@@ -224,6 +225,7 @@ func New(cfg Config) (_ *Node, err error) {
 	n.goFunc(n.monitorLeadership)
 	n.goFunc(n.watchMembers)
 	n.goFunc(n.countLeaderChanges)
+	n.goFunc(n.watchPlacement)
 	n.goFunc(n.runForwarder)
 	if cfg.BootstrapExpect > 0 && !n.hadState {
 		n.goFunc(n.bootstrapLoop)
@@ -420,8 +422,9 @@ func (n *Node) countLeaderChanges() {
 	defer n.raft.DeregisterObserver(obs)
 	for {
 		select {
-		case <-ch:
+		case o := <-ch:
 			n.leaderChanges.Add(1)
+			n.leaderEvent(o)
 		case <-n.shutdownCh:
 			return
 		}
