@@ -69,6 +69,40 @@ func (r *chaosRun) waitDeclared(timeout time.Duration, nodes []*node) {
 	})
 }
 
+// waitMembers waits until every node of nodes is ready, agrees on one
+// leader, and sees exactly want in the raft configuration, voters or
+// not: the leader keeps an odd number of voters, so a configuration of
+// two or four servers has a non-voter.
+func (r *chaosRun) waitMembers(timeout time.Duration, nodes []*node, want ...string) {
+	r.t.Helper()
+	want = slices.Sorted(slices.Values(want))
+	waitFor(r.t, timeout, func() error {
+		leader := ""
+		for _, nd := range nodes {
+			st, err := nd.status()
+			if err != nil {
+				return fmt.Errorf("%s: %w", nd.id, err)
+			}
+			if !st.Ready {
+				return fmt.Errorf("%s not ready: %s", nd.id, st.ReadyError)
+			}
+			if leader == "" {
+				leader = st.Leader.ID
+			} else if st.Leader.ID != leader {
+				return fmt.Errorf("%s sees leader %q, others %q", nd.id, st.Leader.ID, leader)
+			}
+			var got []string
+			for _, s := range st.Servers {
+				got = append(got, s.ID)
+			}
+			if got = slices.Sorted(slices.Values(got)); !slices.Equal(got, want) {
+				return fmt.Errorf("%s sees raft servers %v, want %v", nd.id, got, want)
+			}
+		}
+		return nil
+	})
+}
+
 // longPause stops a follower past the dead-server timeout and gossip's
 // failure detection: the leader removes it from raft, and its providers
 // from the catalog. Resumed, it must come back as a voter and declare its
@@ -80,7 +114,7 @@ func (r *chaosRun) longPause() {
 	r.setDown(true, v)
 	v.signal(syscall.SIGSTOP)
 	paused := time.Now()
-	c.waitStable(chaosDeadServerTimeout+60*time.Second, others, nodeIDs(others)...)
+	r.waitMembers(chaosDeadServerTimeout+60*time.Second, others, nodeIDs(others)...)
 	r.waitDeclared(30*time.Second, others)
 	r.t.Logf("%s removed %s after it was paused", v.id, time.Since(paused).Round(100*time.Millisecond))
 	r.hold(2 * time.Second)
@@ -340,7 +374,8 @@ func (r *chaosRun) loadEntries() {
 
 // joinWithEntries starts a node beyond the cluster's n, joined to the
 // others, once the cache holds chaosEntries entries, and waits until it
-// is a voter that serves a linearizable read and a tool call. It then
+// is a raft server (a voter or not, as the leader decides) that serves a
+// linearizable read and a tool call. It then
 // leaves cleanly, so the later faults and checks see the cluster of n.
 func (r *chaosRun) joinWithEntries() {
 	c := r.c
@@ -350,8 +385,8 @@ func (r *chaosRun) joinWithEntries() {
 	began := time.Now()
 	nn.start()
 	all := append(slices.Clone(c.nodes), nn)
-	c.waitStable(120*time.Second, all, nodeIDs(all)...)
-	voter := time.Since(began)
+	r.waitMembers(120*time.Second, all, nodeIDs(all)...)
+	member := time.Since(began)
 	value := strings.Repeat("v", 100)
 	waitFor(r.t, 60*time.Second, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -374,8 +409,8 @@ func (r *chaosRun) joinWithEntries() {
 		}
 		return nil
 	})
-	r.t.Logf("%s joined with %d entries: a voter after %s, serving after %s", nn.id, chaosEntries,
-		voter.Round(100*time.Millisecond), time.Since(began).Round(100*time.Millisecond))
+	r.t.Logf("%s joined with %d entries: a raft server after %s, serving after %s", nn.id, chaosEntries,
+		member.Round(100*time.Millisecond), time.Since(began).Round(100*time.Millisecond))
 	cl.Close()
 
 	code, stdout, stderr := runCLI(r.t, "leave", "--http-addr", nn.http)
