@@ -113,9 +113,7 @@ func (n *Node) Status() Status {
 		}
 	}
 	st.Voters.MaxVoters = n.cfg.MaxVoters
-	if st.Voters.Wanted = min(alive, n.cfg.MaxVoters); st.Voters.Wanted > 1 && st.Voters.Wanted%2 == 0 {
-		st.Voters.Wanted--
-	}
+	st.Voters.Wanted = oddVoters(min(alive, n.cfg.MaxVoters))
 	if st.Voters.HealthyVoters < st.Voters.Wanted {
 		st.Voters.Warning = fmt.Sprintf("%d healthy voters, fewer than the %d wanted for %d alive members", st.Voters.HealthyVoters, st.Voters.Wanted, alive)
 		if len(st.Voters.Pinned) > 0 {

@@ -412,6 +412,15 @@ func (r *reconciler) adjustVoters(ctx context.Context, inConfig map[string]raft.
 		// enough, rather than at the next reconcile tick.
 		time.AfterFunc(wake, func() { kick(n.reconcileCh) })
 	}
+	if n.cfg.NonVoter {
+		// Pinned non-voting but leading (restarted with --voter=false while
+		// a voter): hand leadership to a voter, which then demotes us.
+		n.logger.Warn("this node is pinned non-voting but leads: transferring leadership")
+		if err := n.raft.LeadershipTransfer().Error(); err != nil {
+			return fmt.Errorf("transfer leadership off a pinned non-voter: %w", err)
+		}
+		return nil
+	}
 	c := planVoters(views, n.cfg.MaxVoters)
 	if c == nil {
 		return nil

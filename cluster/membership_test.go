@@ -208,3 +208,41 @@ func TestBootstrapPromise(t *testing.T) {
 		t.Error("released promise still held")
 	}
 }
+
+func TestRestartedPinnedVoterDemoted(t *testing.T) {
+	nodes := newTestCluster(t, 3)
+	leader := waitStable(t, nodes, 3)
+	var victim *Node
+	for _, nd := range nodes {
+		if nd != leader {
+			victim = nd
+			break
+		}
+	}
+	cfg := victim.cfg
+	cfg.RPCBindAddr = victim.RPCAddr() // the same address: the leader keeps dialing it
+	cfg.RPCAdvertiseAddr = ""
+	if err := victim.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	// Same data and id, now --voter=false: the leader demotes it.
+	cfg.NonVoter = true
+	cfg.Join = []string{leader.GossipAddr()}
+	again, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { again.Shutdown() })
+	waitFor(t, 20*time.Second, func() error {
+		if s := suffrageOf(t, leader, again.ID()); s != raft.Nonvoter.String() {
+			return fmt.Errorf("%s is %q", again.ID(), s)
+		}
+		return nil
+	})
+	// Two voters remain, and writes still commit.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := again.Apply(ctx, &fsm.Command{Type: fsm.TypeCacheSet, Key: "k", Value: []byte("v")}); err != nil {
+		t.Fatal(err)
+	}
+}

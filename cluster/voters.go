@@ -29,8 +29,9 @@ type voterChange struct {
 }
 
 // voterTarget is how many healthy voters the cluster wants: as many as
-// the nodes that may vote, up to maxVoters, and odd (an even count
-// tolerates no more failures than the odd count below it).
+// the nodes that may vote, up to maxVoters, and odd from 3 up (4 voters
+// tolerate no more failures than 3). Two stay two: one voter would
+// acknowledge writes held on a single disk.
 func voterTarget(servers []serverView, maxVoters int) int {
 	usable := 0
 	for _, s := range servers {
@@ -38,11 +39,15 @@ func voterTarget(servers []serverView, maxVoters int) int {
 			usable++
 		}
 	}
-	t := min(usable, maxVoters)
-	if t > 1 && t%2 == 0 {
-		t--
+	return oddVoters(min(usable, maxVoters))
+}
+
+// oddVoters rounds a voter count down to odd, from 3 up.
+func oddVoters(n int) int {
+	if n > 3 && n%2 == 0 {
+		return n - 1
 	}
-	return t
+	return n
 }
 
 // planVoters returns the next change to the voter set, or nil when none

@@ -32,7 +32,9 @@ func TestPlanVoters(t *testing.T) {
 		{"voters spread: a zone without one gets one", []serverView{leader(v("a", "z1")), v("b", "z1"), v("c", "z2"), nv("d", "z3")}, 3, &voterChange{ID: "d", Promote: true}},
 		{"then the crowded zone gives one up", []serverView{leader(v("a", "z1")), v("b", "z1"), v("c", "z2"), v("d", "z3")}, 3, &voterChange{ID: "b"}},
 		{"spread already: nothing", []serverView{leader(v("a", "z1")), v("b", "z2"), v("c", "z3"), nv("d", "z1"), nv("e", "z2")}, 3, nil},
-		{"two nodes: one voter", []serverView{leader(v("a", "")), v("b", "")}, 5, &voterChange{ID: "b"}},
+		{"two nodes stay two voters", []serverView{leader(v("a", "")), v("b", "")}, 5, nil},
+		{"two voters and a pinned node: two voters", []serverView{leader(v("a", "")), v("b", ""), pinned(nv("c", ""))}, 5, nil},
+		{"max voters 4 means 3", []serverView{leader(v("a", "")), v("b", ""), v("c", ""), v("d", "")}, 4, &voterChange{ID: "d"}},
 		{"single node", []serverView{leader(v("a", ""))}, 5, nil},
 	}
 	for _, tt := range tests {
