@@ -39,6 +39,12 @@ func newSoloNode(tb testing.TB) (*cluster.Node, *Server) {
 
 // newSoloNodeWith is newSoloNode with the providers made by providers.
 func newSoloNodeWith(tb testing.TB, providers func(*cluster.Node) []ProviderSpec) (*cluster.Node, *Server) {
+	return newSoloNodeConfig(tb, providers, nil)
+}
+
+// newSoloNodeConfig is newSoloNodeWith with the front door's config
+// changed by edit (when not nil) before it starts.
+func newSoloNodeConfig(tb testing.TB, providers func(*cluster.Node) []ProviderSpec, edit func(*Config)) (*cluster.Node, *Server) {
 	cfg := cluster.DefaultConfig()
 	cfg.NodeID = "solo"
 	cfg.DataDir = tb.TempDir()
@@ -55,6 +61,9 @@ func newSoloNodeWith(tb testing.TB, providers func(*cluster.Node) []ProviderSpec
 	mc.Cluster = n
 	mc.SyncInterval = 100 * time.Millisecond
 	mc.Providers = providers(n)
+	if edit != nil {
+		edit(&mc)
+	}
 	s, err := New(mc)
 	if err != nil {
 		tb.Fatal(err)

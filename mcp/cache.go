@@ -165,16 +165,68 @@ func writeToolResult(key string, res *fsm.Result, err error) (*mcplib.CallToolRe
 // neither the cache API nor the cache tools write.
 const resultPrefix = cluster.InternalKeyPrefix + "result/"
 
-// resultKey is the cache key of a tool's result for these arguments: the
-// tool name and a hash of the arguments' canonical JSON (object keys
-// sorted, as encoding/json writes maps).
-func resultKey(tool string, args any) (string, error) {
+// resultKey is the cache key of a tool's result for these arguments and
+// this principal: the tool name and a hash of the principal and of the
+// arguments' canonical JSON (object keys sorted, as encoding/json writes
+// maps). principal is "" for results every caller shares.
+func resultKey(tool, principal string, args any) (string, error) {
 	b, err := json.Marshal(args)
 	if err != nil {
 		return "", fmt.Errorf("encode arguments: %w", err)
 	}
-	sum := sha256.Sum256(b)
-	return resultPrefix + tool + "/" + hex.EncodeToString(sum[:]), nil
+	h := sha256.New()
+	if principal != "" {
+		// Length-prefixed, so no principal and arguments pair can
+		// collide with another.
+		fmt.Fprintf(h, "principal:%d:%s\n", len(principal), principal)
+	}
+	h.Write(b)
+	return resultPrefix + tool + "/" + hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// markShared returns meta with the shared-cache mark.
+func markShared(meta *mcplib.Meta) *mcplib.Meta {
+	out := &mcplib.Meta{AdditionalFields: map[string]any{}}
+	if meta != nil {
+		out.ProgressToken = meta.ProgressToken
+		for k, v := range meta.AdditionalFields {
+			out.AdditionalFields[k] = v
+		}
+	}
+	out.AdditionalFields[sharedCacheMeta] = true
+	return out
+}
+
+// takeShared returns meta without the shared-cache mark, and whether it
+// had it.
+func takeShared(meta *mcplib.Meta) (*mcplib.Meta, bool) {
+	if meta == nil {
+		return nil, false
+	}
+	v, ok := meta.AdditionalFields[sharedCacheMeta]
+	if !ok {
+		return meta, false
+	}
+	shared, _ := v.(bool)
+	rest := map[string]any{}
+	for k, v := range meta.AdditionalFields {
+		if k != sharedCacheMeta {
+			rest[k] = v
+		}
+	}
+	if len(rest) == 0 && meta.ProgressToken == nil {
+		return nil, shared
+	}
+	return &mcplib.Meta{ProgressToken: meta.ProgressToken, AdditionalFields: rest}, shared
+}
+
+// cachePrincipal is the principal a call's cached result belongs to: the
+// caller, or "" when the tool's results are shared.
+func (s *Server) cachePrincipal(ctx context.Context, tool string) string {
+	if v, _ := s.shared.Load(tool); v == true {
+		return ""
+	}
+	return principalFrom(ctx)
 }
 
 // cacheTTL returns how long results of tool name are cached (the tool's

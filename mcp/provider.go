@@ -40,6 +40,24 @@ type Placement struct {
 	CacheTTL time.Duration
 	// ToolCacheTTL overrides CacheTTL per tool (by its cluster name).
 	ToolCacheTTL map[string]time.Duration
+	// SharedCache lets every principal be answered from one cached result
+	// of a call; by default results are cached per principal.
+	SharedCache bool
+	// ToolSharedCache sets SharedCache per tool (by its cluster name).
+	ToolSharedCache map[string]bool
+}
+
+// sharedCacheMeta marks, in a catalog tool's _meta, a tool whose cached
+// results all principals share, so that every node (holder or not) keys
+// the cache alike. It is removed before clients see the tool.
+const sharedCacheMeta = "mcpcluster/sharedCache"
+
+// sharedCache reports whether results of tool are cached for all principals.
+func (p Placement) sharedCache(tool string) bool {
+	if v, ok := p.ToolSharedCache[tool]; ok {
+		return v
+	}
+	return p.SharedCache
 }
 
 // ProviderSpec is a provider with its placement, as a node declares it.

@@ -85,7 +85,7 @@ func (r *router) handle(ctx context.Context, req mcplib.CallToolRequest) (res *m
 	var key string
 	if ttl > 0 {
 		var err error
-		if key, err = resultKey(req.Params.Name, req.Params.Arguments); err != nil {
+		if key, err = resultKey(req.Params.Name, r.s.cachePrincipal(ctx, name), req.Params.Arguments); err != nil {
 			return nil, err
 		}
 		if res, ok := r.s.cachedResult(ctx, key); ok {
@@ -153,12 +153,13 @@ func (r *router) route(ctx context.Context, params mcplib.CallToolParams) (*mcpl
 	}
 	rep, _ := s.repeatable.Load(params.Name)
 	repeatable, _ := rep.(bool)
-	// sent: holders that may have run the call (never sent it again);
-	// skip: holders that could not take it, until the next wait.
-	sent, skip := map[string]bool{}, map[string]bool{}
+	// skip: holders that could not take the call, or failed it mid-call
+	// when it is safe to repeat, until the next wait. A call that is not
+	// safe to repeat is never sent twice: its mid-call failure is returned.
+	skip := map[string]bool{}
 	var lastErr error
 	for {
-		candidates := r.holders(ct.Provider, sent, skip)
+		candidates := r.holders(ct.Provider, skip)
 		if len(candidates) == 0 {
 			if lastErr == nil {
 				lastErr = fmt.Errorf("%w for provider %q of tool %q", ErrNoHolder, ct.Provider, params.Name)
@@ -202,8 +203,14 @@ func (r *router) route(ctx context.Context, params mcplib.CallToolParams) (*mcpl
 				r.reportUnreachable(m.ID)
 			}
 		case errors.As(err, &se) && repeatable:
-			sent[m.ID] = true
-			s.logger.Debug("holder failed mid-call, repeating elsewhere (tool is safe to repeat)", "holder", m.ID, "tool", params.Name, "error", err)
+			// The connection broke with the call inside: the holder may have
+			// died. The leader checks, and moves its providers if it refuses
+			// connections; the call is safe to repeat, on another holder or
+			// on this one once it answers again (it may restart before
+			// gossip notices it was gone, and stay the holder).
+			skip[m.ID] = true
+			r.reportUnreachable(m.ID)
+			s.logger.Debug("holder failed mid-call, repeating (tool is safe to repeat)", "holder", m.ID, "tool", params.Name, "error", err)
 		default:
 			return nil, err
 		}
@@ -244,9 +251,9 @@ func (r *router) attempt(ctx context.Context, m membership.Member, provider stri
 }
 
 // holders returns the provider's live holders other than this node, minus
-// sent and skip, best first: the less loaded of two random picks leads
+// skip, best first: the less loaded of two random picks leads
 // (power of two choices), the rest follow.
-func (r *router) holders(provider string, sent, skip map[string]bool) []membership.Member {
+func (r *router) holders(provider string, skip map[string]bool) []membership.Member {
 	s := r.s
 	a, ok := s.cfg.Cluster.FSM().Assignment(provider)
 	if !ok {
@@ -260,7 +267,7 @@ func (r *router) holders(provider string, sent, skip map[string]bool) []membersh
 	}
 	var out []membership.Member
 	for _, id := range a.Holders {
-		if m, ok := live[id]; ok && id != s.node && !sent[id] && !skip[id] {
+		if m, ok := live[id]; ok && id != s.node && !skip[id] {
 			out = append(out, m)
 		}
 	}

@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -68,6 +67,14 @@ type Config struct {
 	ToolTimeouts map[string]time.Duration
 	// Observer, if set, is told about requests, calls and rejections.
 	Observer Observer
+	// OAuth, if set, makes /mcp take access tokens besides Tokens.
+	OAuth *OAuthConfig
+	// AllowedOrigins are the browser origins (scheme://host[:port]) that
+	// may call /mcp; a request with another Origin gets 403.
+	AllowedOrigins []string
+	// AllowLoopbackOrigins also allows every http(s) origin on a loopback
+	// host (the default when the node listens on loopback only).
+	AllowLoopbackOrigins bool
 }
 
 // Observer receives what the front door does, for metrics.
@@ -78,8 +85,8 @@ type Observer interface {
 	// Call is one tools/call as routed: where is "local", "forwarded" or
 	// "cache" (answered from the result cache).
 	Call(tool, where string, d time.Duration, failed bool)
-	// Rejected is a request refused before it ran: "busy", "draining" or
-	// "queue_timeout".
+	// Rejected is a request refused before it ran: "busy", "draining",
+	// "queue_timeout", "origin" or "unauthorized".
 	Rejected(reason string)
 }
 
@@ -113,10 +120,14 @@ type Server struct {
 	fwd      *forwarder
 	local    map[string]*localProvider
 	router   *router
+	auth     *authenticator // nil without OAuth
+	origins  originPolicy
+	bg       sync.WaitGroup // background loops besides syncLoop
 
 	mu         sync.Mutex
 	registered map[string]string // tool name → spec registered with mcp-go
 	repeatable sync.Map          // tool name → bool: safe to send to another holder after a failure
+	shared     sync.Map          // tool name → bool: cached results shared by all principals
 
 	inflight atomic.Int64 // calls running on this node (local or for another node)
 	front    *limiter     // tools/call requests of this node's clients
@@ -194,6 +205,14 @@ func New(cfg Config) (*Server, error) {
 		}
 		s.local[p.Name()] = &localProvider{spec: p}
 	}
+	s.origins = newOriginPolicy(cfg.AllowedOrigins, cfg.AllowLoopbackOrigins)
+	if cfg.OAuth != nil {
+		a, err := newAuthenticator(*cfg.OAuth, s.logger.With("component", "oauth"))
+		if err != nil {
+			return nil, err
+		}
+		s.auth = a
+	}
 	s.front = newLimiter(cfg.MaxConcurrent, cfg.MaxQueue)
 	s.exec = newLimiter(cfg.MaxConcurrent, 0)
 	s.fwd = newForwarder(s.node, cfg.Cluster.DialInternal)
@@ -210,22 +229,31 @@ func New(cfg Config) (*Server, error) {
 		server.WithStreamableHTTPLogger(s.logger),
 	)
 	go s.syncLoop()
+	if s.auth != nil {
+		s.bg.Add(1)
+		go func() {
+			defer s.bg.Done()
+			s.auth.run(s.stop)
+		}()
+	}
 	return s, nil
 }
 
-// Handler serves MCP at /mcp: auth, the body limit, admission of
-// tools/call (concurrency limit and bounded queue), then mcp-go.
+// Handler serves MCP at /mcp: the Origin check, auth, the body limit, the
+// check of the 2026-07-28 headers against the body, admission of
+// tools/call (concurrency limit and bounded queue) decided from the body,
+// then mcp-go.
 func (s *Server) Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if len(s.cfg.Tokens) > 0 {
-			tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-			principal, known := s.cfg.Tokens[tok]
-			if !ok || !known {
-				w.Header().Set("WWW-Authenticate", `Bearer realm="mcpcluster"`)
-				http.Error(w, "missing or unknown bearer token", http.StatusUnauthorized)
-				return
-			}
-			r = r.WithContext(withPrincipal(r.Context(), principal))
+		if !s.origins.allows(r.Header.Get("Origin")) {
+			s.cfg.Observer.Rejected("origin")
+			writeOriginRefusal(w)
+			return
+		}
+		r, ok := s.authenticate(w, r)
+		if !ok {
+			s.cfg.Observer.Rejected("unauthorized")
+			return
 		}
 		if r.Method != http.MethodPost || r.Body == nil {
 			s.http.ServeHTTP(w, r)
@@ -244,7 +272,16 @@ func (s *Server) Handler() http.Handler {
 		}
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		r.ContentLength = int64(len(body))
-		method, tool := requestMethod(r, body)
+		msg := parseMessage(body)
+		method, tool := msg.Method, msg.Params.Name
+		if isModern(r) {
+			if err := checkHeaders(r, msg); err != nil {
+				s.cfg.Observer.Request(methodLabel(method), "", true)
+				writeJSONRPCErrorID(w, http.StatusBadRequest, msg.ID, mcplib.HEADER_MISMATCH, err.Error())
+				return
+			}
+		}
+		method = methodLabel(method)
 		if isModern(r) && method == "notifications/cancelled" {
 			// 2026-07-28 requests share one session, so mcp-go would match
 			// the cancellation by JSON-RPC id alone and could cancel
@@ -296,23 +333,83 @@ func (s *Server) Handler() http.Handler {
 // implementation-defined server error range).
 const busyCode = -32000
 
-// requestMethod returns the JSON-RPC method and, for tools/call, the tool
-// name: from the 2026-07-28 headers when present, else from the body.
-func requestMethod(r *http.Request, body []byte) (method, tool string) {
-	if m := r.Header.Get("Mcp-Method"); m != "" {
-		return m, r.Header.Get("Mcp-Name")
-	}
-	var msg struct {
-		Method string `json:"method"`
-		Params struct {
-			Name string `json:"name"`
-		} `json:"params"`
-	}
-	if json.Unmarshal(body, &msg) != nil {
-		return "", ""
-	}
-	return msg.Method, msg.Params.Name
+// message is what the front door reads of a JSON-RPC request body: the
+// method and, for tools/call, the tool. Admission, limits and policy decide
+// from these, never from the client's Mcp-Method and Mcp-Name headers.
+type message struct {
+	ID     json.RawMessage `json:"id,omitempty"`
+	Method string          `json:"method"`
+	Params struct {
+		Name      string `json:"name"`
+		Arguments any    `json:"arguments"`
+	} `json:"params"`
 }
+
+// parseMessage reads a body; a body that is not one JSON-RPC object (a
+// response, a batch, garbage) has no method and goes to mcp-go as it is.
+func parseMessage(body []byte) message {
+	var msg message
+	if json.Unmarshal(body, &msg) != nil {
+		return message{}
+	}
+	return msg
+}
+
+// checkHeaders compares the 2026-07-28 Mcp-Method and Mcp-Name headers,
+// where sent, with the body: a router may route by header, so a header
+// the body contradicts is refused (the spec's 400, -32020). Missing
+// headers are left to mcp-go, which requires them.
+func checkHeaders(r *http.Request, msg message) error {
+	if msg.Method == "" {
+		return nil
+	}
+	if h := r.Header.Get(mcplib.HeaderMethod); h != "" && h != msg.Method {
+		return fmt.Errorf("header %s %q does not match the body's method %q", mcplib.HeaderMethod, h, msg.Method)
+	}
+	if msg.Method != string(mcplib.MethodToolsCall) {
+		return nil
+	}
+	if h := r.Header.Get(mcplib.HeaderName); h != "" {
+		name, ok := mcplib.DecodeHeaderValue(h)
+		if !ok || name != msg.Params.Name {
+			return fmt.Errorf("header %s %q does not match the body's tool %q", mcplib.HeaderName, h, msg.Params.Name)
+		}
+	}
+	return nil
+}
+
+// knownMethods are the JSON-RPC methods reported by name; any other is
+// "other", so that clients cannot grow the metric series.
+var knownMethods = map[string]bool{}
+
+func init() {
+	for _, m := range []mcplib.MCPMethod{
+		mcplib.MethodInitialize, mcplib.MethodPing, mcplib.MethodToolsList, mcplib.MethodToolsCall,
+		mcplib.MethodResourcesList, mcplib.MethodResourcesTemplatesList, mcplib.MethodResourcesRead,
+		mcplib.MethodPromptsList, mcplib.MethodPromptsGet, mcplib.MethodSetLogLevel, mcplib.MethodCompletionComplete,
+	} {
+		knownMethods[string(m)] = true
+	}
+	for _, m := range []string{
+		"server/discover", "resources/subscribe", "resources/unsubscribe",
+		"notifications/initialized", "notifications/cancelled", "notifications/progress",
+		"notifications/roots/list_changed", "notifications/message",
+	} {
+		knownMethods[m] = true
+	}
+}
+
+// methodLabel bounds a method for metrics and logs: a known method, "" for
+// a body without one, else "other".
+func methodLabel(m string) string {
+	if m == "" || knownMethods[m] {
+		return m
+	}
+	return "other"
+}
+
+// MethodLabel is methodLabel for observers outside the package.
+func MethodLabel(m string) string { return methodLabel(m) }
 
 // statusWriter records the status mcp-go answered with.
 type statusWriter struct {
@@ -371,9 +468,19 @@ func isModern(r *http.Request) bool {
 }
 
 func writeJSONRPCError(w http.ResponseWriter, status, code int, msg string) {
+	writeJSONRPCErrorID(w, status, nil, code, msg)
+}
+
+// writeJSONRPCErrorID answers with a JSON-RPC error for request id (null
+// when nil).
+func writeJSONRPCErrorID(w http.ResponseWriter, status int, id json.RawMessage, code int, msg string) {
+	if len(id) == 0 {
+		id = json.RawMessage("null")
+	}
+	b, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "id": id, "error": map[string]any{"code": code, "message": msg}})
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	fmt.Fprintf(w, `{"jsonrpc":"2.0","id":null,"error":{"code":%d,"message":%q}}`+"\n", code, msg)
+	w.Write(append(b, '\n'))
 }
 
 // InternalHandler serves forwarded calls; mount it on the cluster port only.
@@ -396,6 +503,7 @@ func (s *Server) Close() error {
 	}
 	close(s.stop)
 	<-s.done
+	s.bg.Wait()
 	s.closers.Wait() // providers moved away: closed now
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -625,6 +733,9 @@ func (s *Server) publish(ctx context.Context, provider string, tools []mcplib.To
 	var out []fsm.Tool
 	same := len(have) == len(tools)
 	for _, t := range tools {
+		if lp.spec.sharedCache(t.Name) {
+			t.Meta = markShared(t.Meta)
+		}
 		spec, err := toolJSON(t)
 		if err != nil {
 			return err
@@ -670,9 +781,12 @@ func (s *Server) syncTools() {
 			continue
 		}
 		t.Name = ct.Name
+		var shared bool
+		t.Meta, shared = takeShared(t.Meta)
 		add = append(add, server.ServerTool{Tool: t, Handler: s.router.handle})
 		s.registered[ct.Name] = string(ct.Spec)
 		s.repeatable.Store(ct.Name, safeToRepeat(t))
+		s.shared.Store(ct.Name, shared)
 	}
 	var del []string
 	for name := range s.registered {
@@ -680,6 +794,7 @@ func (s *Server) syncTools() {
 			del = append(del, name)
 			delete(s.registered, name)
 			s.repeatable.Delete(name)
+			s.shared.Delete(name)
 		}
 	}
 	if len(add) > 0 {
