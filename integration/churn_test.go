@@ -6,10 +6,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/mark3labs/mcp-go/client"
 	"github.com/mcpcluster/mcpcluster/cluster"
 )
 
@@ -171,4 +173,99 @@ func TestBootstrapExtraNodes(t *testing.T) {
 			t.Errorf("%s: %d %q %v", nd.id, code, body, err)
 		}
 	}
+}
+
+// A holder killed with calls of a tool that is safe to repeat inside it:
+// the callers' nodes report it, the leader moves the provider, and the
+// calls are repeated on the new holder (or on the old one if it is back
+// first). No call through a live node fails.
+func TestHolderKilledMidCall(t *testing.T) {
+	c := newProviderCluster(t, 3, pinnedProvider, "--dead-server-timeout", "15s")
+	// holderFollower returns the holder, moving leadership off it first.
+	holderFollower := func() *node {
+		h := c.node(c.nodes[0].holders(t, "pinned_echo", 1)[0])
+		if st, err := h.status(); err == nil && st.Leader.ID == h.id {
+			if code, body, err := h.do(context.Background(), "POST", "/v1/agent/transfer-leadership", ""); err != nil || code != 200 {
+				t.Fatalf("transfer leadership: %d %s %v", code, body, err)
+			}
+			c.waitStable(30*time.Second, c.nodes, c.ids()...)
+		}
+		return h
+	}
+	// Callers use every node but the one down; a call whose node was
+	// killed while it ran is not the cluster's failure.
+	type outage struct {
+		id         string
+		start, end time.Time
+	}
+	var mu sync.Mutex
+	var outages []outage
+	var calls, failed int
+	downDuring := func(id string, from, to time.Time) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, o := range outages {
+			if o.id == id && o.start.Before(to) && (o.end.IsZero() || o.end.After(from)) {
+				return true
+			}
+		}
+		return false
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range 2 {
+		clients := map[string]*client.Client{}
+		for _, nd := range c.nodes {
+			clients[nd.id] = mcpgoClient(t, nd.mcpURL(), []string{legacy, modern}[w])
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				via := c.nodes[(i+w)%len(c.nodes)]
+				if downDuring(via.id, time.Now(), time.Now()) {
+					continue
+				}
+				began := time.Now()
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				text, _, err := callTool(ctx, clients[via.id], "pinned_echo", map[string]any{"text": "x"})
+				cancel()
+				if downDuring(via.id, began, time.Now()) {
+					continue
+				}
+				mu.Lock()
+				calls++
+				if err != nil || text != "x" {
+					failed++
+					t.Errorf("call through live %s failed: %q %v", via.id, text, err)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	for _, down := range []time.Duration{2 * time.Second, 8 * time.Second} {
+		cur := holderFollower()
+		t.Logf("killing holder %s for %s", cur.id, down)
+		mu.Lock()
+		outages = append(outages, outage{id: cur.id, start: time.Now()})
+		mu.Unlock()
+		cur.kill()
+		select {
+		case <-time.After(down): // the outage under test
+		case <-t.Context().Done():
+		}
+		cur.start()
+		c.waitStable(60*time.Second, c.nodes, c.ids()...)
+		mu.Lock()
+		outages[len(outages)-1].end = time.Now()
+		mu.Unlock()
+	}
+	close(stop)
+	wg.Wait()
+	t.Logf("%d calls through live nodes while holders were killed, %d failed", calls, failed)
 }
