@@ -120,6 +120,9 @@ func NewAgent(cfg AgentConfig, logger *slog.Logger) (_ *Agent, err error) {
 	mc.MaxConcurrent = cfg.MaxConcurrent
 	mc.MaxQueue = cfg.MaxQueue
 	mc.ToolTimeouts = cfg.ToolTimeouts
+	mc.OAuth = cfg.OAuth.mcp()
+	mc.AllowedOrigins = cfg.AllowedOrigins
+	mc.AllowLoopbackOrigins = len(cfg.AllowedOrigins) == 0 && isLoopback(cfg.HTTPAddr)
 	met := newMetrics(a.node)
 	mc.Observer = met
 	node := a.node
@@ -142,6 +145,11 @@ func NewAgent(cfg AgentConfig, logger *slog.Logger) (_ *Agent, err error) {
 	api := cluster.NewAPI(a.node, apiCfg)
 	mux := http.NewServeMux()
 	mux.Handle("/mcp", a.mcp.Handler())
+	if h := a.mcp.MetadataHandler(); h != nil {
+		for _, p := range mcp.MetadataPaths() {
+			mux.Handle("GET "+p, h) // RFC 9728: open, on every node
+		}
+	}
 	mux.Handle("GET /metrics", met.handler())
 	if cfg.EnableDebug {
 		// Profiles are an operator's: a write token when the API has tokens.
@@ -294,8 +302,9 @@ func buildProviders(cfgs []ProviderConfig, status mcp.StatusFunc, cache mcp.Cach
 			return nil, err
 		}
 		out = append(out, mcp.ProviderSpec{
-			Provider:  mcp.WithPrefix(p, pc.Prefix),
-			Placement: mcp.Placement{Replicas: pc.Replicas, CacheTTL: pc.CacheTTL, ToolCacheTTL: pc.ToolCacheTTL},
+			Provider: mcp.WithPrefix(p, pc.Prefix),
+			Placement: mcp.Placement{Replicas: pc.Replicas, CacheTTL: pc.CacheTTL, ToolCacheTTL: pc.ToolCacheTTL,
+				SharedCache: pc.SharedCache, ToolSharedCache: pc.ToolSharedCache},
 		})
 	}
 	return out, nil

@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -20,6 +21,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/mcpcluster/mcpcluster/cluster"
+	"github.com/mcpcluster/mcpcluster/mcp"
 )
 
 // AgentConfig is everything `mcpcluster agent` can be told, from (lowest to
@@ -68,6 +70,13 @@ type AgentConfig struct {
 	// file or MCPCLUSTER_AUTH_TOKENS=token=principal,... (never a flag, so
 	// tokens stay out of process listings).
 	AuthTokens map[string]string `yaml:"auth_tokens"`
+	// OAuth makes /mcp an OAuth 2.1 resource server taking JWT access
+	// tokens, beside AuthTokens (config file only).
+	OAuth *OAuthConfig `yaml:"oauth"`
+	// AllowedOrigins are the browser origins (scheme://host[:port]) that
+	// may call /mcp; a request with another Origin gets 403. Empty: only
+	// loopback origins, and only when http_addr is loopback.
+	AllowedOrigins []string `yaml:"allowed_origins"`
 	// Providers are the tool sources this node can run (config file only).
 	// The built-in tools are always there, as provider "builtin".
 	Providers []ProviderConfig `yaml:"providers"`
@@ -114,6 +123,105 @@ func (c *AgentConfig) gossipKey() []byte {
 	return key
 }
 
+// OAuthConfig is the oauth: block: the identity provider whose access
+// tokens /mcp takes.
+type OAuthConfig struct {
+	Issuer string `yaml:"issuer"`
+	// Audience is the cluster's canonical resource URI, the same on every
+	// node: a token must name it in aud (RFC 8707).
+	Audience             string   `yaml:"audience"`
+	JWKSFile             string   `yaml:"jwks_file"`
+	JWKSURL              string   `yaml:"jwks_url"`
+	AuthorizationServers []string `yaml:"authorization_servers"`
+	ScopesSupported      []string `yaml:"scopes_supported"`
+	RequiredScopes       []string `yaml:"required_scopes"`
+	// PrincipalClaim names the claim that identifies the caller (sub).
+	PrincipalClaim string `yaml:"principal_claim"`
+	// ClockSkew is the leeway on exp, nbf and iat (60s).
+	ClockSkew time.Duration `yaml:"clock_skew"`
+	// JWKSRefresh is how often the keys are loaded again (5m);
+	// JWKSMinRefresh bounds reloads caused by unknown key ids (10s).
+	JWKSRefresh    time.Duration `yaml:"jwks_refresh_interval"`
+	JWKSMinRefresh time.Duration `yaml:"jwks_min_refresh_interval"`
+}
+
+// mcp returns the front door's form of the block, nil when absent.
+func (o *OAuthConfig) mcp() *mcp.OAuthConfig {
+	if o == nil {
+		return nil
+	}
+	return &mcp.OAuthConfig{
+		Issuer: o.Issuer, Audience: o.Audience, JWKSFile: o.JWKSFile, JWKSURL: o.JWKSURL,
+		AuthorizationServers: o.AuthorizationServers, ScopesSupported: o.ScopesSupported,
+		RequiredScopes: o.RequiredScopes, PrincipalClaim: o.PrincipalClaim, Leeway: o.ClockSkew,
+		RefreshInterval: o.JWKSRefresh, MinRefreshInterval: o.JWKSMinRefresh,
+	}
+}
+
+// validate checks the block; the key file must be readable, a key URL is
+// fetched only when the node starts.
+func (o *OAuthConfig) validate() error {
+	if err := checkURL(o.Issuer, false); err != nil {
+		return fmt.Errorf("oauth.issuer %q: %v", o.Issuer, err)
+	}
+	if err := checkURL(o.Audience, false); err != nil {
+		return fmt.Errorf("oauth.audience %q: %v (the cluster's canonical resource URI, such as https://mcp.example.com/mcp)", o.Audience, err)
+	}
+	switch {
+	case o.JWKSFile == "" && o.JWKSURL == "":
+		return errors.New("oauth: one of jwks_file and jwks_url is required")
+	case o.JWKSFile != "" && o.JWKSURL != "":
+		return errors.New("oauth: jwks_file and jwks_url exclude each other")
+	case o.JWKSFile != "":
+		if _, err := os.ReadFile(o.JWKSFile); err != nil {
+			return fmt.Errorf("oauth.jwks_file %q: %v", o.JWKSFile, pathError(err))
+		}
+	default:
+		if err := checkURL(o.JWKSURL, true); err != nil {
+			return fmt.Errorf("oauth.jwks_url %q: %v", o.JWKSURL, err)
+		}
+	}
+	for _, as := range o.AuthorizationServers {
+		if err := checkURL(as, false); err != nil {
+			return fmt.Errorf("oauth.authorization_servers %q: %v", as, err)
+		}
+	}
+	if o.PrincipalClaim != "" && strings.TrimSpace(o.PrincipalClaim) != o.PrincipalClaim {
+		return fmt.Errorf("oauth.principal_claim %q: no spaces", o.PrincipalClaim)
+	}
+	for name, d := range map[string]time.Duration{"clock_skew": o.ClockSkew, "jwks_refresh_interval": o.JWKSRefresh, "jwks_min_refresh_interval": o.JWKSMinRefresh} {
+		if d < 0 {
+			return fmt.Errorf("oauth.%s: must be >= 0", name)
+		}
+	}
+	return nil
+}
+
+// checkURL wants an absolute http(s) URL without a fragment; with fetch
+// (a URL the node fetches keys from), plain http only on a loopback host.
+func checkURL(s string, fetch bool) error {
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.Fragment != "" {
+		return errors.New("want an absolute http(s) URL without a fragment")
+	}
+	if fetch && u.Scheme == "http" {
+		host := u.Hostname()
+		if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			return errors.New("keys are fetched over https only (plain http on loopback)")
+		}
+	}
+	return nil
+}
+
+// checkOrigin wants scheme://host[:port] and nothing more.
+func checkOrigin(o string) error {
+	u, err := url.Parse(o)
+	if err != nil || u.Scheme == "" || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return errors.New("want scheme://host[:port], such as https://app.example.com")
+	}
+	return nil
+}
+
 // ProviderConfig declares one provider of tools.
 type ProviderConfig struct {
 	Name string `yaml:"name"`
@@ -134,6 +242,11 @@ type ProviderConfig struct {
 	// ToolCacheTTL sets the cache TTL of single tools (by cluster name,
 	// prefix included), overriding CacheTTL.
 	ToolCacheTTL map[string]time.Duration `yaml:"tool_cache_ttl"`
+	// SharedCache answers every principal from one cached result; results
+	// are cached per principal otherwise. ToolSharedCache sets it per tool
+	// (by cluster name), overriding SharedCache.
+	SharedCache     bool            `yaml:"shared_cache"`
+	ToolSharedCache map[string]bool `yaml:"tool_shared_cache"`
 }
 
 func defaultAgentConfig() AgentConfig {
@@ -289,6 +402,15 @@ var agentOptions = []option{
 	{name: "encrypt", usage: "gossip encryption key: base64 of 16, 24 or 32 random bytes", set: func(c *AgentConfig, v string) error { c.Encrypt = secret(v); return nil }},
 	{name: "encrypt-file", usage: "file holding the gossip encryption key (as --encrypt, which wins)", set: str(func(c *AgentConfig) *string { return &c.EncryptFile })},
 	{name: "insecure", usage: "allow non-loopback addresses without TLS, a gossip key and an admin token", bool: true, set: boolean(func(c *AgentConfig) *bool { return &c.Insecure })},
+	{name: "allowed-origins", usage: "browser origins (scheme://host[:port], comma-separated) that may call /mcp; default: loopback origins when http-addr is loopback", set: func(c *AgentConfig, v string) error {
+		c.AllowedOrigins = nil
+		for _, o := range strings.Split(v, ",") {
+			if o = strings.TrimSpace(o); o != "" {
+				c.AllowedOrigins = append(c.AllowedOrigins, o)
+			}
+		}
+		return nil
+	}},
 	{name: "rpc-max-conns-per-ip", usage: "most cluster-port connections one remote IP may hold (0: no limit)", set: func(c *AgentConfig, v string) error {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 0 {
@@ -445,6 +567,16 @@ func (c *AgentConfig) validate() error {
 	for tok, principal := range c.AuthTokens {
 		if len(tok) < 16 || principal == "" {
 			return errors.New("auth_tokens: every token needs at least 16 characters and a principal")
+		}
+	}
+	if c.OAuth != nil {
+		if err := c.OAuth.validate(); err != nil {
+			return err
+		}
+	}
+	for _, o := range c.AllowedOrigins {
+		if err := checkOrigin(o); err != nil {
+			return fmt.Errorf("allowed_origins %q: %v", o, err)
 		}
 	}
 	if err := validateProviders(c.Providers); err != nil {

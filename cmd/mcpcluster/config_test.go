@@ -344,3 +344,95 @@ func TestSecretsRedacted(t *testing.T) {
 		t.Fatalf("secret printed: %s", b.String())
 	}
 }
+
+// parseFile parses a config file holding yaml, with --dev.
+func parseFile(t *testing.T, yaml string, args ...string) (AgentConfig, error) {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "node.yaml")
+	if err := os.WriteFile(file, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return parseAgentConfig(append([]string{"--dev", "--config", file}, args...), func(string) string { return "" }, io.Discard)
+}
+
+func TestOAuthConfig(t *testing.T) {
+	jwks := filepath.Join(t.TempDir(), "jwks.json")
+	if err := os.WriteFile(jwks, []byte(`{"keys":[]}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := parseFile(t, `
+oauth:
+  issuer: https://idp.example.test
+  audience: https://mcp.example.test/mcp
+  jwks_file: `+jwks+`
+  authorization_servers: [https://idp.example.test]
+  scopes_supported: [mcp:tools]
+  required_scopes: [mcp:tools]
+  principal_claim: email
+  clock_skew: 30s
+  jwks_min_refresh_interval: 1s
+allowed_origins: [https://app.example.test]
+providers:
+  - name: weather
+    type: http
+    url: https://weather.example.test/mcp
+    cache_ttl: 1m
+    shared_cache: true
+    tool_shared_cache: {forecast_private: false}
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := cfg.OAuth.mcp()
+	if m.Issuer != "https://idp.example.test" || m.Audience != "https://mcp.example.test/mcp" || m.JWKSFile != jwks ||
+		m.PrincipalClaim != "email" || m.Leeway != 30*time.Second || m.MinRefreshInterval != time.Second ||
+		!slices.Equal(m.RequiredScopes, []string{"mcp:tools"}) || !slices.Equal(m.AuthorizationServers, []string{"https://idp.example.test"}) {
+		t.Fatalf("oauth block: %+v", m)
+	}
+	if !slices.Equal(cfg.AllowedOrigins, []string{"https://app.example.test"}) {
+		t.Fatalf("allowed origins %v", cfg.AllowedOrigins)
+	}
+	if p := cfg.Providers[0]; !p.SharedCache || p.ToolSharedCache["forecast_private"] {
+		t.Fatalf("shared cache: %+v", p)
+	}
+	if cfg, err := parseFile(t, "", "--allowed-origins", "http://a.test, https://b.test:8443"); err != nil || len(cfg.AllowedOrigins) != 2 {
+		t.Fatalf("--allowed-origins: %v %v", cfg.AllowedOrigins, err)
+	}
+	var none *OAuthConfig
+	if none.mcp() != nil {
+		t.Fatal("no oauth block but an mcp oauth config")
+	}
+
+	base := "oauth:\n  issuer: https://idp.test\n  audience: https://mcp.test/mcp\n"
+	for _, c := range []struct{ yaml, want string }{
+		{"oauth:\n  audience: https://mcp.test/mcp\n  jwks_url: https://idp.test/jwks\n", "oauth.issuer"},
+		{"oauth:\n  issuer: https://idp.test\n  audience: mcp\n  jwks_url: https://idp.test/jwks\n", "oauth.audience \"mcp\""},
+		{base, "one of jwks_file and jwks_url is required"},
+		{base + "  jwks_url: https://idp.test/jwks\n  jwks_file: " + jwks + "\n", "exclude each other"},
+		{base + "  jwks_file: /nonexistent/jwks.json\n", "oauth.jwks_file \"/nonexistent/jwks.json\": no such file"},
+		{base + "  jwks_url: http://idp.test/jwks\n", "https only"},
+		{base + "  jwks_url: https://idp.test/jwks\n  clock_skew: -1s\n", "clock_skew"},
+		{base + "  jwks_url: https://idp.test/jwks\n  audiences: [x]\n", "field audiences not found"},
+		{"allowed_origins: [https://app.test/path]\n", "allowed_origins \"https://app.test/path\""},
+		{"allowed_origins: ['*']\n", "allowed_origins \"*\""},
+	} {
+		_, err := parseFile(t, c.yaml)
+		var ue usageError
+		if err == nil || !errors.As(err, &ue) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: %v, want a usage error containing %q", c.yaml, err, c.want)
+		}
+	}
+	if _, err := parseFile(t, base+"  jwks_url: http://127.0.0.1:9999/jwks\n"); err != nil {
+		t.Errorf("http jwks url on loopback: %v", err)
+	}
+}
+
+func TestOAuthExampleParses(t *testing.T) {
+	cfg, err := parseAgentConfig([]string{"--config", "../../examples/oauth.yaml", "--data-dir", t.TempDir()}, func(string) string { return "" }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.OAuth == nil || cfg.OAuth.Audience != "https://mcp.example.test/mcp" || !cfg.Providers[0].SharedCache {
+		t.Fatalf("%+v", cfg.OAuth)
+	}
+}

@@ -73,7 +73,7 @@ func (m *metrics) toolLabel(tool string) string {
 }
 
 func (m *metrics) Request(method, tool string, failed bool) {
-	if method == "" {
+	if method = mcp.MethodLabel(method); method == "" {
 		method = "(unparsed)"
 	}
 	tool = m.toolLabel(tool)
