@@ -37,6 +37,7 @@ func TestChaos(t *testing.T) {
 	case "full":
 		t.Run("nodes=3", func(t *testing.T) { runChaos(t, 3, 2) })
 		t.Run("nodes=5", func(t *testing.T) { runChaos(t, 5, 1) })
+		t.Run("nodes=7", func(t *testing.T) { runChaos(t, 7, 1) })
 	default:
 		t.Fatalf("-chaos %q: want short or full", *chaosMode)
 	}
@@ -115,7 +116,12 @@ func slowProvider() string {
 }
 
 func runChaos(t *testing.T, n, rounds int) {
-	c := newProviderCluster(t, n, pinnedProvider+slowProvider(), "--dead-server-timeout", chaosDeadServerTimeout.String())
+	var c *testCluster
+	if n > scaleVoters {
+		c = newScaleProviderCluster(t, n, pinnedProvider+slowProvider(), "--dead-server-timeout", chaosDeadServerTimeout.String())
+	} else {
+		c = newProviderCluster(t, n, pinnedProvider+slowProvider(), "--dead-server-timeout", chaosDeadServerTimeout.String())
+	}
 	r := &chaosRun{t: t, c: c, start: time.Now(), rng: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1)),
 		acked: map[string]string{}, faults: map[string]int{}, leaders: map[uint64]map[string]bool{},
 		down: map[string]bool{}, downAt: map[string]int64{}, downs: map[string][]span{}, stop: make(chan struct{})}
@@ -178,7 +184,7 @@ func runChaos(t *testing.T, n, rounds int) {
 
 	// After healing: one cluster, the same state everywhere, every
 	// acknowledged write there, a live holder, the session still good.
-	c.waitStable(60*time.Second, c.nodes, c.ids()...)
+	r.heal()
 	c.waitSameState(60*time.Second, c.nodes)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -232,6 +238,10 @@ func runChaos(t *testing.T, n, rounds int) {
 
 // nemesis injects each fault once, healing after each.
 func (r *chaosRun) nemesis() {
+	if len(r.c.nodes) > scaleVoters {
+		r.nemesisScale()
+		return
+	}
 	c := r.c
 	kill := func(nodes ...*node) {
 		for _, v := range nodes {
@@ -294,7 +304,11 @@ func (r *chaosRun) leader() *node {
 // heal waits until the cluster is whole again: every node ready, one
 // leader, every node a voter, and every node's providers declared.
 func (r *chaosRun) heal() {
-	r.c.waitStable(60*time.Second, r.c.nodes, r.c.ids()...)
+	if n := len(r.c.nodes); n > scaleVoters {
+		r.c.waitSuffrage(90*time.Second, r.c.nodes, scaleVoters, n-scaleVoters)
+	} else {
+		r.c.waitStable(60*time.Second, r.c.nodes, r.c.ids()...)
+	}
 	r.waitDeclared(60*time.Second, r.c.nodes)
 }
 
