@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/mcpcluster/mcpcluster/cluster"
+	"github.com/mcpcluster/mcpcluster/cmd/mcpcluster/ui"
 	"github.com/mcpcluster/mcpcluster/mcp"
 	"github.com/mcpcluster/mcpcluster/membership"
 )
@@ -123,6 +124,7 @@ func NewAgent(cfg AgentConfig, logger *slog.Logger) (_ *Agent, err error) {
 	mc.OAuth = cfg.OAuth.mcp()
 	mc.AllowedOrigins = cfg.AllowedOrigins
 	mc.AllowLoopbackOrigins = len(cfg.AllowedOrigins) == 0 && isLoopback(cfg.HTTPAddr)
+	mc.ToolPolicy = cfg.ToolPolicy
 	met := newMetrics(a.node)
 	mc.Observer = met
 	node := a.node
@@ -160,6 +162,10 @@ func NewAgent(cfg AgentConfig, logger *slog.Logger) (_ *Agent, err error) {
 			mux.Handle(path, api.Protect(cluster.AccessWrite, h))
 		}
 	}
+	// The status page's files hold no data: served without a token, the
+	// page sends the operator's token on its API requests.
+	mux.Handle("GET /ui/", ui.Handler())
+	mux.Handle("GET /ui", http.RedirectHandler("/ui/", http.StatusMovedPermanently))
 	mux.Handle("/", api)
 	a.httpSrv = &http.Server{
 		Handler:           mux,
