@@ -211,6 +211,9 @@ func TestOAuthCluster(t *testing.T) {
   scopes_supported: [mcp:tools]
   required_scopes: [mcp:tools]
   jwks_min_refresh_interval: 200ms
+tool_policy:
+  - 'principal == "ops"'
+  - 'jwt.sub != "mallory" && mcp.method == "tools/call"'
 auth_tokens:
   %s: ops
 providers:
@@ -301,6 +304,37 @@ providers:
 					t.Fatalf("%s %s: %q on %q, %v", n.id, version, text, ranOn, err)
 				}
 			}
+		}
+	})
+
+	t.Run("tool policy on every node, forwarding ones included", func(t *testing.T) {
+		mallory := p.token("rsa-1", "mallory", nil)
+		call := `{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"forecast","arguments":{"city":"x"}}}`
+		before := up.calls.Load()
+		for _, n := range c.nodes {
+			status, _, body := mcpPost(t, n.mcpURL(), map[string]string{"Authorization": "Bearer " + mallory}, call)
+			if status != http.StatusForbidden || !strings.Contains(body, "-32003") || !strings.Contains(body, `"id":4`) {
+				t.Fatalf("%s: mallory's call: %d %s", n.id, status, body)
+			}
+			for who, tok := range map[string]string{"mallory": mallory, "alice": alice} {
+				cl := mcpgoClient(t, n.mcpURL(), legacy, transport.WithHTTPHeaders(map[string]string{"Authorization": "Bearer " + tok}))
+				ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+				list, err := cl.ListTools(ctx, mcplib.ListToolsRequest{})
+				cancel()
+				if err != nil {
+					t.Fatal(err)
+				}
+				has := false
+				for _, tl := range list.Tools {
+					has = has || tl.Name == "forecast"
+				}
+				if has != (who == "alice") || (who == "mallory" && len(list.Tools) != 0) {
+					t.Fatalf("%s: %s lists %d tools (forecast: %v)", n.id, who, len(list.Tools), has)
+				}
+			}
+		}
+		if up.calls.Load() != before {
+			t.Fatal("a refused call reached the upstream")
 		}
 	})
 

@@ -75,6 +75,9 @@ type Config struct {
 	// AllowLoopbackOrigins also allows every http(s) origin on a loopback
 	// host (the default when the node listens on loopback only).
 	AllowLoopbackOrigins bool
+	// ToolPolicy are CEL rules (see Policy); a tools/call is allowed when
+	// any is true, and tools/list shows only such tools. Empty: no policy.
+	ToolPolicy []string
 }
 
 // Observer receives what the front door does, for metrics.
@@ -86,7 +89,7 @@ type Observer interface {
 	// "cache" (answered from the result cache).
 	Call(tool, where string, d time.Duration, failed bool)
 	// Rejected is a request refused before it ran: "busy", "draining",
-	// "queue_timeout", "origin" or "unauthorized".
+	// "queue_timeout", "origin", "unauthorized" or "policy".
 	Rejected(reason string)
 }
 
@@ -121,6 +124,7 @@ type Server struct {
 	local    map[string]*localProvider
 	router   *router
 	auth     *authenticator // nil without OAuth
+	policy   *Policy        // nil without a tool policy
 	origins  originPolicy
 	bg       sync.WaitGroup // background loops besides syncLoop
 
@@ -213,6 +217,13 @@ func New(cfg Config) (*Server, error) {
 		}
 		s.auth = a
 	}
+	if len(cfg.ToolPolicy) > 0 {
+		p, err := CompilePolicy(cfg.ToolPolicy)
+		if err != nil {
+			return nil, err
+		}
+		s.policy = p
+	}
 	s.front = newLimiter(cfg.MaxConcurrent, cfg.MaxQueue)
 	s.exec = newLimiter(cfg.MaxConcurrent, 0)
 	s.fwd = newForwarder(s.node, cfg.Cluster.DialInternal)
@@ -221,6 +232,7 @@ func New(cfg Config) (*Server, error) {
 	s.mcp = server.NewMCPServer("mcpcluster", Version,
 		server.WithToolCapabilities(true),
 		server.WithRecovery(),
+		server.WithToolFilter(s.filterTools),
 	)
 	s.http = server.NewStreamableHTTPServer(s.mcp,
 		server.WithEndpointPath("/mcp"),
@@ -280,6 +292,13 @@ func (s *Server) Handler() http.Handler {
 				writeJSONRPCErrorID(w, http.StatusBadRequest, msg.ID, mcplib.HEADER_MISMATCH, err.Error())
 				return
 			}
+		}
+		if method == string(mcplib.MethodToolsCall) && !s.policy.allows(r.Context(), tool, s.toolAnnotations(tool)) {
+			s.cfg.Observer.Rejected("policy")
+			s.cfg.Observer.Request(method, "", true)
+			writeJSONRPCErrorID(w, http.StatusForbidden, msg.ID, policyDeniedCode,
+				fmt.Sprintf("the tool policy does not allow %q to call %q", principalFrom(r.Context()), tool))
+			return
 		}
 		method = methodLabel(method)
 		if isModern(r) && method == "notifications/cancelled" {

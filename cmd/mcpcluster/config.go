@@ -77,6 +77,10 @@ type AgentConfig struct {
 	// may call /mcp; a request with another Origin gets 403. Empty: only
 	// loopback origins, and only when http_addr is loopback.
 	AllowedOrigins []string `yaml:"allowed_origins"`
+	// ToolPolicy are CEL rules over jwt, principal, mcp.method,
+	// mcp.tool.name and mcp.tool.annotations; a tools/call is allowed when
+	// any is true, and tools/list shows only such tools (config file only).
+	ToolPolicy []string `yaml:"tool_policy"`
 	// Providers are the tool sources this node can run (config file only).
 	// The built-in tools are always there, as provider "builtin".
 	Providers []ProviderConfig `yaml:"providers"`
@@ -571,6 +575,11 @@ func (c *AgentConfig) validate() error {
 	}
 	if c.OAuth != nil {
 		if err := c.OAuth.validate(); err != nil {
+			return err
+		}
+	}
+	if len(c.ToolPolicy) > 0 {
+		if _, err := mcp.CompilePolicy(c.ToolPolicy); err != nil {
 			return err
 		}
 	}

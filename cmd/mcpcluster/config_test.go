@@ -436,3 +436,15 @@ func TestOAuthExampleParses(t *testing.T) {
 		t.Fatalf("%+v", cfg.OAuth)
 	}
 }
+
+func TestToolPolicyConfig(t *testing.T) {
+	cfg, err := parseFile(t, "tool_policy:\n  - 'principal == \"ops\"'\n  - 'jwt.sub == \"alice\" && mcp.tool.name == \"echo\"'\n")
+	if err != nil || len(cfg.ToolPolicy) != 2 {
+		t.Fatalf("%v %v", cfg.ToolPolicy, err)
+	}
+	_, err = parseFile(t, "tool_policy:\n  - 'jwt.sub == '\n")
+	var ue usageError
+	if err == nil || !errors.As(err, &ue) || !strings.Contains(err.Error(), "tool_policy[0]") || !strings.Contains(err.Error(), "Syntax error") {
+		t.Fatalf("bad rule: %v", err)
+	}
+}
