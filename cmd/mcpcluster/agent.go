@@ -125,7 +125,6 @@ func NewAgent(cfg AgentConfig, logger *slog.Logger) (_ *Agent, err error) {
 	mc.AllowedOrigins = cfg.AllowedOrigins
 	mc.AllowLoopbackOrigins = len(cfg.AllowedOrigins) == 0 && isLoopback(cfg.HTTPAddr)
 	mc.ToolPolicy = cfg.ToolPolicy
-	mc.ToolPolicy = cfg.ToolPolicy
 	met := newMetrics(a.node)
 	mc.Observer = met
 	node := a.node
