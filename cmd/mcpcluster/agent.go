@@ -138,6 +138,7 @@ func NewAgent(cfg AgentConfig, logger *slog.Logger) (_ *Agent, err error) {
 	}
 	a.node.ServeInternal(a.mcp.InternalHandler())
 	met.watchFront(a.mcp)
+	met.watchBounds(a.cfg)
 
 	apiCfg := cluster.DefaultAPIConfig()
 	apiCfg.OnLeave = func() { a.leaveOnce.Do(func() { close(a.left) }) }

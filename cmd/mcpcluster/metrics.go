@@ -60,6 +60,31 @@ func (m *metrics) watchFront(front *mcp.Server) {
 	)
 }
 
+// watchBounds registers the node's configured bounds as gauges, so
+// dashboards and alerts compare the live values with them.
+func (m *metrics) watchBounds(cfg AgentConfig) {
+	def := mcp.DefaultConfig()
+	maxConcurrent, maxQueue := cfg.MaxConcurrent, cfg.MaxQueue
+	if maxConcurrent <= 0 {
+		maxConcurrent = def.MaxConcurrent
+	}
+	if maxQueue < 0 {
+		maxQueue = def.MaxQueue
+	}
+	bound := func(name, help string, v float64) prometheus.Gauge {
+		g := prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: help})
+		g.Set(v)
+		return g
+	}
+	m.reg.MustRegister(
+		bound("mcpcluster_cache_max_entries", "Bound of the shared cache in entries (--cache-max-entries); the oldest writes are evicted past it.", float64(cfg.CacheMaxEntries)),
+		bound("mcpcluster_cache_max_bytes", "Bound of the shared cache in bytes of keys and values (--cache-max-bytes).", float64(cfg.CacheMaxBytes)),
+		bound("mcpcluster_max_concurrent_calls", "tools/call requests this node runs at once (--max-concurrent).", float64(maxConcurrent)),
+		bound("mcpcluster_max_queue_length", "tools/call requests that may wait for a slot (--max-queue); beyond it, busy.", float64(maxQueue)),
+		bound("mcpcluster_session_idle_ttl_seconds", "Idle time after which MCP sessions expire (--session-idle-ttl).", cfg.SessionIdleTTL.Seconds()),
+	)
+}
+
 // toolLabel keeps label values to the cluster's tools (unknown names from
 // clients would grow the series without bound).
 func (m *metrics) toolLabel(tool string) string {
