@@ -428,7 +428,7 @@ func TestCache100kSnapshotRestart(t *testing.T) {
 	n4 := newNode(t, "node4", append([]string{"--bootstrap-expect", "3"}, c.joinFlags()...)...)
 	n4.start()
 	all := append(c.nodes, n4)
-	c.waitStable(60*time.Second, all, "node1", "node2", "node3", "node4")
+	c.waitSuffrage(60*time.Second, all, 3, 1)
 	c.waitSameState(60*time.Second, all)
 	if got := n4.countEntries(t); got != n {
 		t.Fatalf("new node holds %d entries, want %d", got, n)

@@ -489,7 +489,7 @@ func TestToolsListChangedReachesClients(t *testing.T) {
 	started := time.Now()
 	n4.start()
 	c.nodes = append(c.nodes, n4)
-	c.waitStable(30*time.Second, c.nodes, "node1", "node2", "node3", "node4")
+	c.waitSuffrage(30*time.Second, c.nodes, 3, 1)
 
 	// Each client gets list_changed, after which a fresh tools/list on
 	// node1 has extra_echo (a notification from before the tool was

@@ -63,11 +63,14 @@ func TestMembershipChanges(t *testing.T) {
 	c := newCluster(t, 3, "--dead-server-timeout", "6s")
 	c.waitStable(30*time.Second, c.nodes, "node1", "node2", "node3")
 
-	// A fourth node started later with --join becomes a voter.
+	// A fourth node started later with --join becomes a raft server: a
+	// non-voter, as the voter set stays odd (3 voters for 4 nodes).
 	n4 := newNode(t, "node4", append([]string{"--bootstrap-expect", "3", "--dead-server-timeout", "6s"}, c.joinFlags()...)...)
 	n4.start()
 	c.nodes = append(c.nodes, n4)
-	c.waitStable(30*time.Second, c.nodes, "node1", "node2", "node3", "node4")
+	if r := suffrages(c.waitSuffrage(30*time.Second, c.nodes, 3, 1))["node4"]; r != "Nonvoter" {
+		t.Fatalf("node4 is %q", r)
+	}
 
 	// `mcpcluster leave` removes it from the raft configuration; it exits 0.
 	code, out, errOut := runCLI(t, "leave", "--http-addr", n4.http)
@@ -83,7 +86,7 @@ func TestMembershipChanges(t *testing.T) {
 	// SIGTERM with --leave-on-terminate leaves too.
 	n5 := newNode(t, "node5", append([]string{"--leave-on-terminate", "--dead-server-timeout", "6s"}, c.joinFlags()...)...)
 	n5.start()
-	c.waitStable(30*time.Second, append(c.nodes, n5), "node1", "node2", "node3", "node5")
+	c.waitSuffrage(30*time.Second, append(c.nodes, n5), 3, 1)
 	if code := n5.stop(30 * time.Second); code != 0 {
 		t.Fatalf("node5 exit code after SIGTERM: %d", code)
 	}
