@@ -71,13 +71,19 @@ func (r *router) handle(ctx context.Context, req mcplib.CallToolRequest) (res *m
 	timeout := r.s.timeout(name)
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	start, where := time.Now(), "local"
+	start := time.Now()
+	trace := traceFrom(ctx)
+	if trace == nil {
+		trace = &callTrace{}
+		ctx = withTrace(ctx, trace)
+	}
+	setRoute(ctx, "local", r.s.node)
 	defer func() {
 		failed := err != nil || (res != nil && res.IsError)
-		r.s.cfg.Observer.Call(name, where, time.Since(start), failed)
+		trace.end(failed, err)
+		r.s.cfg.Observer.Call(name, trace.route(), time.Since(start), failed)
 		r.s.cfg.Observer.Request(string(mcplib.MethodToolsCall), name, failed)
 	}()
-	ctx = withWhere(ctx, &where)
 	if req.Params.Meta != nil && req.Params.Meta.ProgressToken != nil {
 		ctx = withProgress(ctx, clientProgress(ctx, req.Params.Meta.ProgressToken))
 	}
@@ -89,7 +95,7 @@ func (r *router) handle(ctx context.Context, req mcplib.CallToolRequest) (res *m
 			return nil, err
 		}
 		if res, ok := r.s.cachedResult(ctx, key); ok {
-			where = "cache"
+			setRoute(ctx, "cache", "")
 			return res, nil
 		}
 	}
@@ -102,19 +108,6 @@ func (r *router) handle(ctx context.Context, req mcplib.CallToolRequest) (res *m
 		return nil, fmt.Errorf("tool %q timed out after %s: %w", name, timeout, err)
 	}
 	return res, err
-}
-
-type whereKey struct{}
-
-// withWhere lets route record whether the call ran here or was forwarded.
-func withWhere(ctx context.Context, where *string) context.Context {
-	return context.WithValue(ctx, whereKey{}, where)
-}
-
-func setWhere(ctx context.Context, where string) {
-	if p, ok := ctx.Value(whereKey{}).(*string); ok {
-		*p = where
-	}
 }
 
 // clientProgress sends progress to this node's MCP client.
@@ -146,6 +139,7 @@ func (r *router) route(ctx context.Context, params mcplib.CallToolParams) (*mcpl
 		return nil, fmt.Errorf("%w: %s", ErrUnknownTool, params.Name)
 	}
 	if s.assigned(ct.Provider) {
+		setRoute(ctx, "local", s.node)
 		res, err := s.runLocal(ctx, params)
 		if !errors.Is(err, ErrNotHolder) {
 			return res, err
@@ -171,6 +165,7 @@ func (r *router) route(ctx context.Context, params mcplib.CallToolParams) (*mcpl
 			}
 			clear(skip)
 			if s.assigned(ct.Provider) {
+				setRoute(ctx, "local", s.node)
 				res, err := s.runLocal(ctx, params)
 				if !errors.Is(err, ErrNotHolder) {
 					return res, err
@@ -179,7 +174,7 @@ func (r *router) route(ctx context.Context, params mcplib.CallToolParams) (*mcpl
 			continue
 		}
 		m := candidates[0]
-		setWhere(ctx, "forwarded")
+		setRoute(ctx, "forwarded", m.ID)
 		r.outstanding(m.ID, 1)
 		res, err := r.attempt(ctx, m, ct.Provider, params, repeatable)
 		r.outstanding(m.ID, -1)

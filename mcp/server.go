@@ -78,6 +78,17 @@ type Config struct {
 	// ToolPolicy are CEL rules (see Policy); a tools/call is allowed when
 	// any is true, and tools/list shows only such tools. Empty: no policy.
 	ToolPolicy []string
+	// RateLimits bounds the tools/call requests of each principal taken
+	// by this node (HTTP 429 with Retry-After beyond). Nil: no limit.
+	RateLimits *RateLimits
+	// AuditLog is a file to append the audit records to, one JSON object
+	// a line; empty: the records go to Logger at info ("audit").
+	AuditLog string
+	// AuditArguments puts each call's arguments in its audit record, cut
+	// at MaxAuditArguments bytes.
+	AuditArguments bool
+	// Now is the clock of the rate limits; time.Now when nil.
+	Now func() time.Time
 }
 
 // Observer receives what the front door does, for metrics.
@@ -89,7 +100,7 @@ type Observer interface {
 	// "cache" (answered from the result cache).
 	Call(tool, where string, d time.Duration, failed bool)
 	// Rejected is a request refused before it ran: "busy", "draining",
-	// "queue_timeout", "origin", "unauthorized" or "policy".
+	// "queue_timeout", "origin", "unauthorized", "policy" or "rate_limit".
 	Rejected(reason string)
 }
 
@@ -125,6 +136,8 @@ type Server struct {
 	router   *router
 	auth     *authenticator // nil without OAuth
 	policy   *Policy        // nil without a tool policy
+	limits   *rateLimiter   // nil without rate limits
+	audit    *auditor
 	origins  originPolicy
 	bg       sync.WaitGroup // background loops besides syncLoop
 
@@ -224,6 +237,14 @@ func New(cfg Config) (*Server, error) {
 		}
 		s.policy = p
 	}
+	lim, err := newRateLimiter(cfg.RateLimits, cfg.Now)
+	if err != nil {
+		return nil, fmt.Errorf("mcp: %w", err)
+	}
+	s.limits = lim
+	if s.audit, err = newAuditor(cfg.AuditLog, cfg.AuditArguments, cfg.Logger); err != nil {
+		return nil, fmt.Errorf("mcp: %w", err)
+	}
 	s.front = newLimiter(cfg.MaxConcurrent, cfg.MaxQueue)
 	s.exec = newLimiter(cfg.MaxConcurrent, 0)
 	s.fwd = newForwarder(s.node, cfg.Cluster.DialInternal)
@@ -252,9 +273,10 @@ func New(cfg Config) (*Server, error) {
 }
 
 // Handler serves MCP at /mcp: the Origin check, auth, the body limit, the
-// check of the 2026-07-28 headers against the body, admission of
-// tools/call (concurrency limit and bounded queue) decided from the body,
-// then mcp-go.
+// check of the 2026-07-28 headers against the body, then for tools/call
+// the tool policy, the principal's rate limits and admission (concurrency
+// limit and bounded queue), all decided from the body, then mcp-go. Every
+// tools/call gets an audit record, refused ones too.
 func (s *Server) Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !s.origins.allows(r.Header.Get("Origin")) {
@@ -286,8 +308,14 @@ func (s *Server) Handler() http.Handler {
 		r.ContentLength = int64(len(body))
 		msg := parseMessage(body)
 		method, tool := msg.Method, msg.Params.Name
+		var audit *callAudit // every tools/call is audited, refused ones too
+		if method == string(mcplib.MethodToolsCall) {
+			audit = s.startAudit(r, msg)
+			r = r.WithContext(withTrace(r.Context(), audit.trace))
+		}
 		if isModern(r) {
 			if err := checkHeaders(r, msg); err != nil {
+				audit.refused("header_mismatch")
 				s.cfg.Observer.Request(methodLabel(method), "", true)
 				writeJSONRPCErrorID(w, http.StatusBadRequest, msg.ID, mcplib.HEADER_MISMATCH, err.Error())
 				return
@@ -296,9 +324,19 @@ func (s *Server) Handler() http.Handler {
 		if method == string(mcplib.MethodToolsCall) && !s.policy.allows(r.Context(), tool, s.toolAnnotations(tool)) {
 			s.cfg.Observer.Rejected("policy")
 			s.cfg.Observer.Request(method, "", true)
+			audit.refused("policy")
 			writeJSONRPCErrorID(w, http.StatusForbidden, msg.ID, policyDeniedCode,
 				fmt.Sprintf("the tool policy does not allow %q to call %q", principalFrom(r.Context()), tool))
 			return
+		}
+		if method == string(mcplib.MethodToolsCall) {
+			if ok, wait := s.limits.allow(principalFrom(r.Context()), tool); !ok {
+				s.cfg.Observer.Rejected("rate_limit")
+				s.cfg.Observer.Request(method, "", true)
+				audit.refused("rate_limit")
+				writeRateLimited(w, msg.ID, principalFrom(r.Context()), tool, wait)
+				return
+			}
 		}
 		method = methodLabel(method)
 		if isModern(r) && method == "notifications/cancelled" {
@@ -312,6 +350,7 @@ func (s *Server) Handler() http.Handler {
 		if s.draining.Load() {
 			s.cfg.Observer.Rejected("draining")
 			s.cfg.Observer.Request(method, tool, true)
+			audit.refused("draining")
 			w.Header().Set("Retry-After", "1")
 			writeJSONRPCError(w, http.StatusServiceUnavailable, busyCode, "node is draining: send this request to another node")
 			return
@@ -324,6 +363,7 @@ func (s *Server) Handler() http.Handler {
 			case errors.Is(err, ErrBusy):
 				s.cfg.Observer.Rejected("busy")
 				s.cfg.Observer.Request(method, tool, true)
+				audit.refused("busy")
 				w.Header().Set("Retry-After", "1")
 				writeJSONRPCError(w, http.StatusTooManyRequests, busyCode,
 					fmt.Sprintf("server busy: %d calls running and %d waiting; retry later or on another node", s.cfg.MaxConcurrent, s.cfg.MaxQueue))
@@ -331,6 +371,7 @@ func (s *Server) Handler() http.Handler {
 			case err != nil:
 				s.cfg.Observer.Rejected("queue_timeout")
 				s.cfg.Observer.Request(method, tool, true)
+				audit.refused("queue_timeout")
 				w.Header().Set("Retry-After", "1")
 				writeJSONRPCError(w, http.StatusServiceUnavailable, busyCode,
 					fmt.Sprintf("tool %q timed out after %s waiting for a free slot", tool, s.timeout(tool)))
@@ -340,6 +381,7 @@ func (s *Server) Handler() http.Handler {
 		}
 		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
 		s.http.ServeHTTP(sw, r)
+		audit.served(sw.status)
 		// The router records every call it runs; mcp-go answers calls of
 		// tools it does not know before they reach it.
 		if method != string(mcplib.MethodToolsCall) || !s.isRegistered(tool) {
@@ -359,8 +401,8 @@ type message struct {
 	ID     json.RawMessage `json:"id,omitempty"`
 	Method string          `json:"method"`
 	Params struct {
-		Name      string `json:"name"`
-		Arguments any    `json:"arguments"`
+		Name      string          `json:"name"`
+		Arguments json.RawMessage `json:"arguments"`
 	} `json:"params"`
 }
 
@@ -528,7 +570,7 @@ func (s *Server) Close() error {
 	defer cancel()
 	_ = s.http.Shutdown(ctx)
 	s.fwd.close()
-	var errs []error
+	errs := []error{s.audit.close()}
 	for _, lp := range s.local {
 		lp.mu.Lock()
 		if lp.running {
