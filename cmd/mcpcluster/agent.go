@@ -125,6 +125,11 @@ func NewAgent(cfg AgentConfig, logger *slog.Logger) (_ *Agent, err error) {
 	mc.AllowedOrigins = cfg.AllowedOrigins
 	mc.AllowLoopbackOrigins = len(cfg.AllowedOrigins) == 0 && isLoopback(cfg.HTTPAddr)
 	mc.ToolPolicy = cfg.ToolPolicy
+	mc.AuditLog = cfg.AuditLog
+	mc.AuditArguments = cfg.AuditArguments
+	if mc.RateLimits, err = cfg.RateLimits.mcp(); err != nil {
+		return nil, fmt.Errorf("rate limits: %w", err)
+	}
 	met := newMetrics(a.node)
 	mc.Observer = met
 	node := a.node

@@ -9,6 +9,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"math"
 	"net"
 	"net/url"
 	"os"
@@ -81,6 +82,15 @@ type AgentConfig struct {
 	// mcp.tool.name and mcp.tool.annotations; a tools/call is allowed when
 	// any is true, and tools/list shows only such tools (config file only).
 	ToolPolicy []string `yaml:"tool_policy"`
+	// RateLimits are token buckets per principal (and per principal and
+	// tool) on this node (config file only).
+	RateLimits *RateLimitsConfig `yaml:"rate_limits"`
+	// AuditLog is a file the audit records (one JSON line per tools/call)
+	// are appended to; empty: they go to the node's log at info ("audit").
+	AuditLog string `yaml:"audit_log"`
+	// AuditArguments puts each call's arguments, cut at 1 KiB, in its
+	// audit record.
+	AuditArguments bool `yaml:"audit_arguments"`
 	// Providers are the tool sources this node can run (config file only).
 	// The built-in tools are always there, as provider "builtin".
 	Providers []ProviderConfig `yaml:"providers"`
@@ -197,6 +207,111 @@ func (o *OAuthConfig) validate() error {
 		if d < 0 {
 			return fmt.Errorf("oauth.%s: must be >= 0", name)
 		}
+	}
+	return nil
+}
+
+// RateLimitsConfig is the rate_limits: block. Limits are per node: the
+// node that takes a tools/call checks them before running or forwarding it.
+//
+//	rate_limits:
+//	  principal: {rate: 10/s, burst: 20}  # each principal, all tools together
+//	  tools:                              # each principal, per tool, besides
+//	    search: {rate: 30/m, burst: 5}
+//	  max_buckets: 10000                  # buckets kept in memory
+type RateLimitsConfig struct {
+	Principal  *LimitConfig           `yaml:"principal"`
+	Tools      map[string]LimitConfig `yaml:"tools"`
+	MaxBuckets int                    `yaml:"max_buckets"`
+}
+
+// LimitConfig is one token bucket: Rate is calls per second, minute or
+// hour ("10/s", "600/m", "100/h"; a bare number is per second), Burst the
+// calls allowed at once (default: one second's worth, at least 1).
+type LimitConfig struct {
+	Rate  string `yaml:"rate"`
+	Burst int    `yaml:"burst"`
+}
+
+// limit parses the bucket; where names it in errors.
+func (l LimitConfig) limit(where string) (mcp.Limit, error) {
+	if strings.TrimSpace(l.Rate) == "" {
+		return mcp.Limit{}, fmt.Errorf("%s.rate: missing (calls per unit, such as 10/s, 600/m or 100/h)", where)
+	}
+	num, unit, hasUnit := strings.Cut(strings.TrimSpace(l.Rate), "/")
+	per := time.Second
+	if hasUnit {
+		switch strings.TrimSpace(unit) {
+		case "s":
+		case "m":
+			per = time.Minute
+		case "h":
+			per = time.Hour
+		default:
+			return mcp.Limit{}, fmt.Errorf("%s.rate %q: the unit is s, m or h", where, l.Rate)
+		}
+	}
+	n, err := strconv.ParseFloat(strings.TrimSpace(num), 64)
+	if err != nil || !(n > 0) || n > 1e9 {
+		return mcp.Limit{}, fmt.Errorf("%s.rate %q: want a positive number of calls per unit, such as 10/s, 600/m or 100/h", where, l.Rate)
+	}
+	perSecond := n / per.Seconds()
+	burst := l.Burst
+	switch {
+	case burst < 0:
+		return mcp.Limit{}, fmt.Errorf("%s.burst %d: must be at least 1", where, burst)
+	case burst == 0:
+		burst = max(1, int(math.Ceil(perSecond)))
+	}
+	return mcp.Limit{Rate: perSecond, Burst: burst}, nil
+}
+
+// mcp returns the front door's form of the block, nil when absent.
+func (r *RateLimitsConfig) mcp() (*mcp.RateLimits, error) {
+	if r == nil {
+		return nil, nil
+	}
+	if r.Principal == nil && len(r.Tools) == 0 {
+		return nil, errors.New("rate_limits: set principal, tools or both")
+	}
+	out := &mcp.RateLimits{MaxBuckets: r.MaxBuckets}
+	if r.Principal != nil {
+		l, err := r.Principal.limit("rate_limits.principal")
+		if err != nil {
+			return nil, err
+		}
+		out.Principal = l
+	}
+	if len(r.Tools) > 0 {
+		out.Tools = map[string]mcp.Limit{}
+	}
+	for tool, lc := range r.Tools {
+		if strings.TrimSpace(tool) == "" {
+			return nil, errors.New("rate_limits.tools: a tool name is empty")
+		}
+		l, err := lc.limit("rate_limits.tools." + tool)
+		if err != nil {
+			return nil, err
+		}
+		out.Tools[tool] = l
+	}
+	if err := out.Validate(); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// checkAuditLog wants a file (existing or not) in an existing directory.
+func checkAuditLog(path string) error {
+	if st, err := os.Stat(path); err == nil && st.IsDir() {
+		return errors.New("is a directory")
+	}
+	st, err := os.Stat(filepath.Dir(path))
+	if err != nil {
+		return fmt.Errorf("directory: %v", pathError(err))
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("%s is not a directory", filepath.Dir(path))
 	}
 	return nil
 }
@@ -415,6 +530,8 @@ var agentOptions = []option{
 		}
 		return nil
 	}},
+	{name: "audit-log", usage: "file the audit records (one JSON line per tools/call) are appended to (default: the node's log)", set: str(func(c *AgentConfig) *string { return &c.AuditLog })},
+	{name: "audit-arguments", usage: "put each call's arguments, cut at 1 KiB, in its audit record", bool: true, set: boolean(func(c *AgentConfig) *bool { return &c.AuditArguments })},
 	{name: "rpc-max-conns-per-ip", usage: "most cluster-port connections one remote IP may hold (0: no limit)", set: func(c *AgentConfig, v string) error {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 0 {
@@ -581,6 +698,14 @@ func (c *AgentConfig) validate() error {
 	if len(c.ToolPolicy) > 0 {
 		if _, err := mcp.CompilePolicy(c.ToolPolicy); err != nil {
 			return err
+		}
+	}
+	if _, err := c.RateLimits.mcp(); err != nil {
+		return err
+	}
+	if c.AuditLog != "" {
+		if err := checkAuditLog(c.AuditLog); err != nil {
+			return fmt.Errorf("-audit-log %q: %v", c.AuditLog, err)
 		}
 	}
 	for _, o := range c.AllowedOrigins {

@@ -435,6 +435,9 @@ func TestOAuthExampleParses(t *testing.T) {
 	if cfg.OAuth == nil || cfg.OAuth.Audience != "https://mcp.example.test/mcp" || !cfg.Providers[0].SharedCache {
 		t.Fatalf("%+v", cfg.OAuth)
 	}
+	if rl, err := cfg.RateLimits.mcp(); err != nil || rl.Principal.Rate != 10 || rl.Tools["forecast"].Burst != 5 {
+		t.Fatalf("rate limits: %+v %v", rl, err)
+	}
 }
 
 func TestToolPolicyConfig(t *testing.T) {
@@ -446,5 +449,86 @@ func TestToolPolicyConfig(t *testing.T) {
 	var ue usageError
 	if err == nil || !errors.As(err, &ue) || !strings.Contains(err.Error(), "tool_policy[0]") || !strings.Contains(err.Error(), "Syntax error") {
 		t.Fatalf("bad rule: %v", err)
+	}
+}
+
+func TestRateLimitsConfig(t *testing.T) {
+	cfg, err := parseFile(t, `
+rate_limits:
+  principal: {rate: 10/s, burst: 20}
+  tools:
+    search: {rate: 30/m}
+    slow: {rate: 0.5, burst: 2}
+    hourly: {rate: 100/h}
+  max_buckets: 500
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rl, err := cfg.RateLimits.mcp()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rl.Principal.Rate != 10 || rl.Principal.Burst != 20 || rl.MaxBuckets != 500 {
+		t.Fatalf("principal: %+v", rl)
+	}
+	if l := rl.Tools["search"]; l.Rate != 0.5 || l.Burst != 1 {
+		t.Fatalf("search (30/m, default burst): %+v", l)
+	}
+	if l := rl.Tools["slow"]; l.Rate != 0.5 || l.Burst != 2 {
+		t.Fatalf("slow (bare number is per second): %+v", l)
+	}
+	if l := rl.Tools["hourly"]; l.Rate != 100.0/3600 || l.Burst != 1 {
+		t.Fatalf("hourly: %+v", l)
+	}
+	if none, err := (*RateLimitsConfig)(nil).mcp(); none != nil || err != nil {
+		t.Fatalf("no block: %v %v", none, err)
+	}
+
+	for _, c := range []struct{ yaml, want string }{
+		{"rate_limits: {}\n", "rate_limits: set principal, tools or both"},
+		{"rate_limits:\n  principal: {burst: 3}\n", "rate_limits.principal.rate: missing"},
+		{"rate_limits:\n  principal: {rate: fast}\n", `rate_limits.principal.rate "fast": want a positive number`},
+		{"rate_limits:\n  principal: {rate: 0/s}\n", `rate_limits.principal.rate "0/s": want a positive number`},
+		{"rate_limits:\n  principal: {rate: 10/d}\n", `rate_limits.principal.rate "10/d": the unit is s, m or h`},
+		{"rate_limits:\n  principal: {rate: 10/s, burst: -1}\n", "rate_limits.principal.burst -1: must be at least 1"},
+		{"rate_limits:\n  tools: {search: {rate: -3/m}}\n", `rate_limits.tools.search.rate "-3/m"`},
+		{"rate_limits:\n  tools: {'': {rate: 1/s}}\n", "rate_limits.tools: a tool name is empty"},
+		{"rate_limits:\n  principal: {rate: 1/s}\n  max_buckets: -5\n", "rate_limits.max_buckets"},
+		{"rate_limits:\n  principal: {rate: 1/s, brust: 3}\n", "field brust not found"},
+	} {
+		_, err := parseFile(t, c.yaml)
+		var ue usageError
+		if err == nil || !errors.As(err, &ue) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: %v, want %q", c.yaml, err, c.want)
+		}
+	}
+}
+
+func TestAuditConfig(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "audit.jsonl")
+	cfg, err := parseFile(t, "audit_log: "+path+"\naudit_arguments: true\n")
+	if err != nil || cfg.AuditLog != path || !cfg.AuditArguments {
+		t.Fatalf("file: %+v %v", cfg.AuditLog, err)
+	}
+	env := map[string]string{"MCPCLUSTER_AUDIT_LOG": path}
+	cfg, err = parseAgentConfig([]string{"--dev"}, func(k string) string { return env[k] }, io.Discard)
+	if err != nil || cfg.AuditLog != path || cfg.AuditArguments {
+		t.Fatalf("env: %q %v %v", cfg.AuditLog, cfg.AuditArguments, err)
+	}
+	flagPath := filepath.Join(dir, "flag.jsonl")
+	cfg, err = parseAgentConfig([]string{"--dev", "--audit-log", flagPath, "--audit-arguments"}, func(k string) string { return env[k] }, io.Discard)
+	if err != nil || cfg.AuditLog != flagPath || !cfg.AuditArguments {
+		t.Fatalf("flag: %q %v %v", cfg.AuditLog, cfg.AuditArguments, err)
+	}
+	for _, bad := range []struct{ path, want string }{
+		{dir, "is a directory"},
+		{filepath.Join(dir, "missing", "audit.jsonl"), "directory: no such file or directory"},
+	} {
+		_, err := parseAgentConfig([]string{"--dev", "--audit-log", bad.path}, func(string) string { return "" }, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), "-audit-log") || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("%s: %v, want %q", bad.path, err, bad.want)
+		}
 	}
 }

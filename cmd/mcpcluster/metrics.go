@@ -39,7 +39,7 @@ func newMetrics(node *cluster.Node) *metrics {
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}, []string{"tool", "where"}),
 		rejections: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "mcpcluster_rejections_total", Help: "Requests refused before running: busy, draining, queue_timeout.",
+			Name: "mcpcluster_rejections_total", Help: "Requests refused before running, by reason: busy, draining, queue_timeout, origin, unauthorized, policy, rate_limit.",
 		}, []string{"reason"}),
 	}
 	m.reg.MustRegister(m.requests, m.errors, m.calls, m.rejections,
