@@ -3,6 +3,7 @@ package mcp
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -15,6 +16,9 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/mark3labs/mcp-go/client"
+	"github.com/mark3labs/mcp-go/client/transport"
+	mcplib "github.com/mark3labs/mcp-go/mcp"
 	"github.com/mcpcluster/mcpcluster/cluster"
 )
 
@@ -162,13 +166,34 @@ func TestAuditAndRateLimitThroughHandler(t *testing.T) {
 	if resp, body := post(t, url, map[string]string{"Authorization": "Bearer bob-token-0123456789ab"}, deny); resp.StatusCode != http.StatusForbidden {
 		t.Fatalf("bob's call: %d %s", resp.StatusCode, body)
 	}
+	// A stateless (2026-07-28) client's call: audited without a session.
+	tr, err := transport.NewStreamableHTTP(url, transport.WithHTTPHeaders(map[string]string{"Authorization": "Bearer alice-token-0123456789"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	modern := client.NewClient(tr)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := modern.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { modern.Close() })
+	init := mcplib.InitializeRequest{}
+	init.Params.ProtocolVersion = mcplib.ProtocolVersion20260728
+	if _, err := modern.Initialize(ctx, init); err != nil {
+		t.Fatal(err)
+	}
+	callTool(t, modern, "sha256", map[string]any{"text": "stateless"})
 	if got := rec.count("rate_limit"); got != 2 {
 		t.Fatalf("rate_limit rejections observed: %d", got)
 	}
 
 	recs := readAudit(t, path)
-	if len(recs) != 4 {
-		t.Fatalf("%d audit records, want 4: %+v", len(recs), recs)
+	if len(recs) != 5 {
+		t.Fatalf("%d audit records, want 5: %+v", len(recs), recs)
+	}
+	if st := recs[4]; st.Tool != "sha256" || st.Session != "" || st.Route != "local" || st.RanOn != "solo" || st.Outcome != "ok" || st.Principal != "alice" {
+		t.Fatalf("stateless call: %+v", st)
 	}
 	ok := recs[0]
 	if ok.Principal != "alice" || ok.Tool != "echo" || ok.Node != "solo" || ok.RanOn != "solo" || ok.Route != "local" ||
