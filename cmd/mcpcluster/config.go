@@ -379,6 +379,8 @@ func defaultAgentConfig() AgentConfig {
 		DeadServerTime:  30 * time.Second,
 		Stabilization:   cluster.DefaultServerStabilizationTime,
 		MaxVoters:       cluster.DefaultMaxVoters,
+		MaxConcurrent:   mcp.DefaultConfig().MaxConcurrent,
+		MaxQueue:        mcp.DefaultConfig().MaxQueue,
 		Voter:           true,
 		ReconcileEvery:  5 * time.Second,
 		RaftHeartbeat:   time.Second,
