@@ -77,26 +77,17 @@ func (r *chaosRun) waitMembers(timeout time.Duration, nodes []*node, want ...str
 	r.t.Helper()
 	want = slices.Sorted(slices.Values(want))
 	waitFor(r.t, timeout, func() error {
-		leader := ""
-		for _, nd := range nodes {
-			st, err := nd.status()
-			if err != nil {
-				return fmt.Errorf("%s: %w", nd.id, err)
-			}
-			if !st.Ready {
-				return fmt.Errorf("%s not ready: %s", nd.id, st.ReadyError)
-			}
-			if leader == "" {
-				leader = st.Leader.ID
-			} else if st.Leader.ID != leader {
-				return fmt.Errorf("%s sees leader %q, others %q", nd.id, st.Leader.ID, leader)
-			}
+		sts, err := oneLeader(nodes)
+		if err != nil {
+			return err
+		}
+		for i, st := range sts {
 			var got []string
 			for _, s := range st.Servers {
 				got = append(got, s.ID)
 			}
 			if got = slices.Sorted(slices.Values(got)); !slices.Equal(got, want) {
-				return fmt.Errorf("%s sees raft servers %v, want %v", nd.id, got, want)
+				return fmt.Errorf("%s sees raft servers %v, want %v", nodes[i].id, got, want)
 			}
 		}
 		return nil

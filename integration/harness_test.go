@@ -437,27 +437,39 @@ func (c *testCluster) waitStable(timeout time.Duration, nodes []*node, want ...s
 	sort.Strings(want)
 	var leader string
 	waitFor(c.t, timeout, func() error {
-		leader = ""
-		for _, nd := range nodes {
-			st, err := nd.status()
-			if err != nil {
-				return fmt.Errorf("%s: %w", nd.id, err)
-			}
-			if !st.Ready {
-				return fmt.Errorf("%s not ready: %s", nd.id, st.ReadyError)
-			}
-			if leader == "" {
-				leader = st.Leader.ID
-			} else if st.Leader.ID != leader {
-				return fmt.Errorf("%s sees leader %q, others %q", nd.id, st.Leader.ID, leader)
-			}
+		sts, err := oneLeader(nodes)
+		if err != nil {
+			return err
+		}
+		for i, st := range sts {
 			if got := voters(st); strings.Join(got, ",") != strings.Join(want, ",") {
-				return fmt.Errorf("%s sees voters %v, want %v", nd.id, got, want)
+				return fmt.Errorf("%s sees voters %v, want %v", nodes[i].id, got, want)
 			}
 		}
+		leader = sts[0].Leader.ID
 		return nil
 	})
 	return leader
+}
+
+// oneLeader returns the status of each node, or why they are not all
+// ready and following one leader.
+func oneLeader(nodes []*node) ([]cluster.Status, error) {
+	sts := make([]cluster.Status, 0, len(nodes))
+	for _, nd := range nodes {
+		st, err := nd.status()
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", nd.id, err)
+		}
+		if !st.Ready {
+			return nil, fmt.Errorf("%s not ready: %s", nd.id, st.ReadyError)
+		}
+		if len(sts) > 0 && st.Leader.ID != sts[0].Leader.ID {
+			return nil, fmt.Errorf("%s sees leader %q, %s sees %q", nd.id, st.Leader.ID, nodes[0].id, sts[0].Leader.ID)
+		}
+		sts = append(sts, st)
+	}
+	return sts, nil
 }
 
 func (c *testCluster) ids() []string {

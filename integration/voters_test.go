@@ -44,20 +44,13 @@ func (c *testCluster) waitSuffrage(timeout time.Duration, nodes []*node, voters,
 	c.t.Helper()
 	var lst cluster.Status
 	waitFor(c.t, timeout, func() error {
-		leader := ""
-		for _, nd := range nodes {
-			st, err := nd.status()
-			if err != nil {
-				return fmt.Errorf("%s: %w", nd.id, err)
-			}
-			if !st.Ready {
-				return fmt.Errorf("%s not ready: %s", nd.id, st.ReadyError)
-			}
-			if leader == "" {
-				leader = st.Leader.ID
-			} else if st.Leader.ID != leader {
-				return fmt.Errorf("%s follows %q, others %q", nd.id, st.Leader.ID, leader)
-			}
+		sts, err := oneLeader(nodes)
+		if err != nil {
+			return err
+		}
+		leader := sts[0].Leader.ID
+		lst = cluster.Status{}
+		for _, st := range sts {
 			if st.Raft.State == "Leader" {
 				lst = st
 			}
