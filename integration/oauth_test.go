@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -26,6 +27,7 @@ import (
 	"github.com/mark3labs/mcp-go/client/transport"
 	mcplib "github.com/mark3labs/mcp-go/mcp"
 	"github.com/mark3labs/mcp-go/server"
+	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
 const (
@@ -293,7 +295,7 @@ providers:
 		}
 	})
 
-	t.Run("calls through every node on both revisions", func(t *testing.T) {
+	t.Run("calls through every node on both revisions, mcp-go and go-sdk", func(t *testing.T) {
 		for _, n := range c.nodes {
 			for _, version := range []string{legacy, modern} {
 				cl := mcpgoClient(t, n.mcpURL(), version, transport.WithHTTPHeaders(map[string]string{"Authorization": "Bearer " + carol}))
@@ -302,6 +304,16 @@ providers:
 				cancel()
 				if err != nil || text != "sunny in "+n.id+"-"+version || ranOn != holders[0] {
 					t.Fatalf("%s %s: %q on %q, %v", n.id, version, text, ranOn, err)
+				}
+				// go-sdk's client, with bob's token.
+				hc := matrixHTTPClient(t)
+				hc.Transport = bearerTransport{token: bob, base: hc.Transport}
+				cs := sdkConnect(t, hc, n.mcpURL(), version, nil)
+				ctx, cancel = context.WithTimeout(context.Background(), 20*time.Second)
+				res, err := sdkSession{cs}.call(ctx, "forecast", map[string]any{"city": "sdk-" + n.id + "-" + version})
+				cancel()
+				if err != nil || res.text != "sunny in sdk-"+n.id+"-"+version || res.ranOn != holders[0] {
+					t.Fatalf("go-sdk %s %s: %+v %v", n.id, version, res, err)
 				}
 			}
 		}
@@ -465,6 +477,77 @@ providers:
 						}
 					}
 				}
+			}
+		}
+	})
+	// Last, as it adds a node: a tool appearing in the cluster reaches an
+	// allowed principal's client as notifications/tools/list_changed and
+	// then in its tools/list; a denied principal's list stays without it.
+	t.Run("list_changed under the policy", func(t *testing.T) {
+		mallory := p.token("rsa-1", "mallory", nil)
+		type watcher struct {
+			who     string
+			changed chan struct{}
+			cs      *sdk.ClientSession
+		}
+		var ws []*watcher
+		for who, tok := range map[string]string{"alice": alice, "mallory": mallory} {
+			w := &watcher{who: who, changed: make(chan struct{}, 16)}
+			hc := matrixHTTPClient(t)
+			hc.Transport = bearerTransport{token: tok, base: hc.Transport}
+			w.cs = sdkConnect(t, hc, c.nodes[0].mcpURL(), modern, &sdk.ClientOptions{
+				ToolListChangedHandler: func(context.Context, *sdk.ToolListChangedRequest) {
+					select {
+					case w.changed <- struct{}{}:
+					default:
+					}
+				},
+			})
+			ws = append(ws, w)
+		}
+		extra := filepath.Join(t.TempDir(), "extra.yaml")
+		if err := os.WriteFile(extra, []byte(yaml+"  - name: extra\n    type: builtin\n    prefix: extra_\n    replicas: 1\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		n4 := newNode(t, "node4", append([]string{"--config", extra, "--bootstrap-expect", "3"}, c.joinFlags()...)...)
+		n4.start()
+		c.waitSuffrage(60*time.Second, append(slices.Clone(c.nodes), n4), 3, 1)
+		has := func(w *watcher) (bool, error) {
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			defer cancel()
+			list, err := w.cs.ListTools(ctx, nil)
+			if err != nil {
+				return false, err
+			}
+			for _, tl := range list.Tools {
+				if tl.Name == "extra_echo" {
+					return true, nil
+				}
+			}
+			return false, nil
+		}
+		alice := ws[0]
+		if alice.who != "alice" {
+			alice = ws[1]
+		}
+		deadline := time.After(60 * time.Second)
+		for found := false; !found; {
+			select {
+			case <-alice.changed:
+			case <-deadline:
+				t.Fatal("alice's client: no list_changed listing extra_echo within 60s")
+			}
+			var err error
+			if found, err = has(alice); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, w := range ws {
+			if w.who != "mallory" {
+				continue
+			}
+			if got, err := has(w); err != nil || got {
+				t.Fatalf("mallory's tools/list has extra_echo: %v %v", got, err)
 			}
 		}
 	})
