@@ -214,7 +214,7 @@ func runChaos(t *testing.T, n, rounds int) {
 		}
 	}
 
-	verdict := checkLinearizable(r.history, 2*time.Minute)
+	verdict := checkLinearizable(r.history, 5*time.Minute) // Unknown means the budget ran out, on two shared cores
 	if err := os.MkdirAll(*chaosOut, 0o755); err != nil {
 		t.Fatal(err)
 	}
