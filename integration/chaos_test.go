@@ -19,6 +19,7 @@ import (
 
 	"github.com/anishathalye/porcupine"
 	"github.com/mark3labs/mcp-go/client"
+	mcplib "github.com/mark3labs/mcp-go/mcp"
 )
 
 var (
@@ -161,6 +162,28 @@ func runChaos(t *testing.T, n, rounds int) {
 			clients[nd.id] = mcpgoClient(t, nd.mcpURL(), version)
 		}
 		return clients
+	}
+	// Every node's MCP server lists both tools before the clients start:
+	// the catalog reaches a node's front door a sync after the cluster forms.
+	for id, cl := range clientsFor(0) {
+		waitFor(t, 30*time.Second, func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			list, err := cl.ListTools(ctx, mcplib.ListToolsRequest{})
+			if err != nil {
+				return err
+			}
+			found := 0
+			for _, tl := range list.Tools {
+				if tl.Name == "pinned_echo" || tl.Name == "slow_tick" {
+					found++
+				}
+			}
+			if found != 2 {
+				return fmt.Errorf("%s lists %d of pinned_echo and slow_tick", id, found)
+			}
+			return nil
+		})
 	}
 	for w := range 4 {
 		clients := clientsFor(w)
