@@ -455,9 +455,14 @@ func (r *reconciler) lag(ctx context.Context, id string, byID map[string]members
 	case n.isUnreachable(m.ID, m.RPCAddr):
 		return 0, errors.New("unreachable")
 	}
-	reply, err := n.peerInfo(ctx, id, m.RPCAddr)
-	if err != nil {
-		return 0, err
+	// Over the pooled connection: its dial proved the peer's identity, so
+	// the leader does not open a new one per non-voter every pass.
+	var reply PeersReply
+	if err := n.pool.call(ctx, m.RPCAddr, "Peers", PeersArgs{}, &reply); err != nil {
+		return 0, fmt.Errorf("ask %s for its log: %w", id, err)
+	}
+	if reply.ID != id {
+		return 0, fmt.Errorf("%s at %s answers as %q", id, m.RPCAddr, reply.ID)
 	}
 	last := n.raft.LastIndex()
 	if reply.LastIndex+promoteMaxLag < last {
