@@ -11,6 +11,9 @@ import (
 
 	"github.com/hashicorp/raft"
 	"github.com/mcpcluster/mcpcluster/fsm"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // errRetry marks a failure that another attempt (possibly on a new leader)
@@ -98,11 +101,15 @@ func (n *Node) Apply(ctx context.Context, cmd *fsm.Command) (*fsm.Result, error)
 	// command is still found a duplicate.
 	ctx, cancel := context.WithDeadline(ctx, time.Unix(0, cmd.Now).Add(fsm.MaxRetry))
 	defer cancel()
+	ctx, span := startApplySpan(ctx, cmd, len(data))
 	var res *fsm.Result
 	err = n.onLeader(ctx, func(ctx context.Context) (err error) {
 		res, err = n.applyLocal(ctx, data)
 		return err
 	}, func(ctx context.Context, addr string) (bool, error) {
+		if span != nil {
+			span.SetAttributes(attribute.String("mcpcluster.raft.leader_address", addr))
+		}
 		reply, err := n.forwardApply(ctx, addr, data)
 		if err != nil {
 			return false, err
@@ -110,10 +117,35 @@ func (n *Node) Apply(ctx context.Context, cmd *fsm.Command) (*fsm.Result, error)
 		res = &reply.Result
 		return reply.NotLeader, nil
 	})
+	if span != nil {
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+		} else {
+			span.SetAttributes(attribute.Int64("mcpcluster.raft.index", int64(res.Index)))
+		}
+		span.End()
+	}
 	if err != nil {
 		return nil, fmt.Errorf("apply %s: %w", cmd.Type, err)
 	}
 	return res, nil
+}
+
+// startApplySpan opens the span of a raft write made on behalf of a
+// traced request (a session commit, a cache set): nothing, at no cost,
+// when ctx carries no recording span.
+func startApplySpan(ctx context.Context, cmd *fsm.Command, size int) (context.Context, trace.Span) {
+	parent := trace.SpanFromContext(ctx)
+	if !parent.IsRecording() {
+		return ctx, nil
+	}
+	return parent.TracerProvider().Tracer("github.com/mcpcluster/mcpcluster/cluster").Start(ctx,
+		"raft apply "+cmd.Type.String(), trace.WithSpanKind(trace.SpanKindInternal), trace.WithAttributes(
+			attribute.String("mcpcluster.raft.command", cmd.Type.String()),
+			attribute.String("mcpcluster.raft.request_id", cmd.RequestID),
+			attribute.Int("mcpcluster.raft.command_bytes", size),
+		))
 }
 
 // onLeader runs local when this node leads and remote against the leader

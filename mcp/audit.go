@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 	"unicode/utf8"
+
+	"go.opentelemetry.io/otel/trace"
 )
 
 // AuditRecord is one line of the audit log: one per tools/call taken by
@@ -23,6 +25,9 @@ type AuditRecord struct {
 	Session   string          `json:"session,omitempty"` // Mcp-Session-Id (2025-11-25 clients)
 	ID        json.RawMessage `json:"id"`                // the JSON-RPC request id
 	Node      string          `json:"node"`              // the node that took the call
+	// TraceID and SpanID are the call's server span when tracing is on.
+	TraceID string `json:"trace_id,omitempty"`
+	SpanID  string `json:"span_id,omitempty"`
 	// Route is local, forwarded or cache; RanOn is the node that ran the
 	// tool (empty when answered from the cache or not run).
 	Route      string  `json:"route,omitempty"`
@@ -109,6 +114,9 @@ func (a *auditor) log(rec *AuditRecord) {
 		slog.String("route", rec.Route), slog.String("ran_on", rec.RanOn),
 		slog.Float64("duration_ms", rec.DurationMS), slog.String("outcome", rec.Outcome),
 	}
+	if rec.TraceID != "" {
+		attrs = append(attrs, slog.String("trace_id", rec.TraceID), slog.String("span_id", rec.SpanID))
+	}
 	if rec.Reason != "" {
 		attrs = append(attrs, slog.String("reason", rec.Reason))
 	}
@@ -155,6 +163,9 @@ func (s *Server) startAudit(r *http.Request, msg message) *callAudit {
 	}
 	if len(c.rec.ID) == 0 {
 		c.rec.ID = json.RawMessage("null")
+	}
+	if sc := trace.SpanContextFromContext(r.Context()); sc.IsValid() {
+		c.rec.TraceID, c.rec.SpanID = sc.TraceID().String(), sc.SpanID().String()
 	}
 	if s.audit.arguments && len(msg.Params.Arguments) > 0 {
 		c.rec.Arguments, c.rec.Truncated = auditArguments(msg.Params.Arguments)

@@ -16,6 +16,9 @@ import (
 
 	mcplib "github.com/mark3labs/mcp-go/mcp"
 	"github.com/mcpcluster/mcpcluster/cluster"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // A forwarded call travels as HTTP on the peer's cluster port (never the
@@ -77,9 +80,26 @@ type internalHandler struct {
 	node   string
 	run    localRunner
 	logger *slog.Logger
+	tracer trace.Tracer // nil without tracing
+}
+
+// startSpan opens the holder's server span of a forwarded call, a child
+// of the forwarding node's client span (its context is in the headers).
+func (h *internalHandler) startSpan(r *http.Request, from, tool string) (context.Context, trace.Span) {
+	ctx := propagator.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+	attrs := append(networkAttrs(r),
+		attribute.String(attrMethod, string(mcplib.MethodToolsCall)),
+		attribute.String(attrToolName, tool),
+		attribute.String(attrOperation, opExecuteTool),
+		attribute.String(attrNode, h.node),
+		attribute.String(attrForwardedFrom, from),
+	)
+	return h.tracer.Start(ctx, spanName(string(mcplib.MethodToolsCall), tool),
+		trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(attrs...))
 }
 
 func (h *internalHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	var errType, errDesc string // how the call ended, for its span
 	if r.Method != http.MethodPost || r.URL.Path != internalCallPath {
 		http.Error(w, "not found", http.StatusNotFound)
 		return
@@ -100,6 +120,11 @@ func (h *internalHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	params.RawArguments = rawArguments(req.Params)
 	ctx := r.Context()
+	if h.tracer != nil {
+		var span trace.Span
+		ctx, span = h.startSpan(r, req.From, params.Name)
+		defer func() { endSpan(span, errType, errDesc) }()
+	}
 	if req.TimeoutMS > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, time.Duration(req.TimeoutMS)*time.Millisecond)
@@ -142,8 +167,9 @@ func (h *internalHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		write(callFrame{Progress: &progressFrame{Progress: progress, Total: total, Message: message}})
 	})
 	res, err := h.run.runForwarded(ctx, params)
-	if err != nil {
-		h.logger.Debug("forwarded call ended with an error", "tool", params.Name, "from", req.From, "error", err)
+	if errType = callErrorType(res, err); err != nil {
+		errDesc = err.Error()
+		h.logger.DebugContext(ctx, "forwarded call ended with an error", "tool", params.Name, "from", req.From, "error", err)
 	}
 	switch {
 	case errors.Is(err, ErrNotHolder) || errors.Is(err, ErrUnknownTool):
@@ -235,6 +261,9 @@ func (f *forwarder) call(ctx context.Context, rpcAddr string, params mcplib.Call
 		return nil, err
 	}
 	hreq.Header.Set("Content-Type", "application/json")
+	if trace.SpanContextFromContext(ctx).IsValid() {
+		propagator.Inject(ctx, propagation.HeaderCarrier(hreq.Header))
+	}
 	resp, err := f.client.Do(hreq)
 	if err != nil {
 		// A refused or failed dial never reached the holder.

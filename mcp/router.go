@@ -11,6 +11,7 @@ import (
 	mcplib "github.com/mark3labs/mcp-go/mcp"
 	"github.com/mark3labs/mcp-go/server"
 	"github.com/mcpcluster/mcpcluster/membership"
+	"go.opentelemetry.io/otel/attribute"
 )
 
 // router runs every tools/call of this node's MCP clients: here when this
@@ -193,7 +194,7 @@ func (r *router) route(ctx context.Context, params mcplib.CallToolParams) (*mcpl
 			return nil, err
 		case errors.As(err, &se) && !se.sent:
 			skip[m.ID] = true
-			s.logger.Debug("holder could not take the call, trying another", "holder", m.ID, "tool", params.Name, "error", err)
+			s.logger.DebugContext(ctx, "holder could not take the call, trying another", "holder", m.ID, "tool", params.Name, "error", err)
 			if !errors.Is(err, ErrNotHolder) && !errors.Is(err, ErrBusy) {
 				r.reportUnreachable(m.ID)
 			}
@@ -205,7 +206,7 @@ func (r *router) route(ctx context.Context, params mcplib.CallToolParams) (*mcpl
 			// gossip notices it was gone, and stay the holder).
 			skip[m.ID] = true
 			r.reportUnreachable(m.ID)
-			s.logger.Debug("holder failed mid-call, repeating (tool is safe to repeat)", "holder", m.ID, "tool", params.Name, "error", err)
+			s.logger.DebugContext(ctx, "holder failed mid-call, repeating (tool is safe to repeat)", "holder", m.ID, "tool", params.Name, "error", err)
 		default:
 			return nil, err
 		}
@@ -239,7 +240,10 @@ func (r *router) attempt(ctx context.Context, m membership.Member, provider stri
 			}
 		}
 	})
+	actx, span := startCallSpan(actx, params.Name, append(serverAttrs(m.RPCAddr),
+		attribute.String(attrHolder, m.ID), attribute.String(attrTransport, "tcp"), attribute.String(attrProtoName, "http"))...)
 	res, err := r.s.fwd.call(actx, m.RPCAddr, params)
+	endCallSpan(span, res, err)
 	close(done)
 	slow.Stop()
 	return res, err

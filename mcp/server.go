@@ -19,6 +19,7 @@ import (
 	"github.com/mcpcluster/mcpcluster/cluster"
 	"github.com/mcpcluster/mcpcluster/fsm"
 	"github.com/mcpcluster/mcpcluster/membership"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Cluster is what the MCP front door needs from its node.
@@ -89,6 +90,9 @@ type Config struct {
 	AuditArguments bool
 	// Now is the clock of the rate limits; time.Now when nil.
 	Now func() time.Time
+	// TracerProvider, if set, traces requests, forwarded calls and calls
+	// to upstream servers (see telemetry.go). Nil: no tracing, at no cost.
+	TracerProvider trace.TracerProvider
 }
 
 // Observer receives what the front door does, for metrics.
@@ -102,6 +106,13 @@ type Observer interface {
 	// Rejected is a request refused before it ran: "busy", "draining",
 	// "queue_timeout", "origin", "unauthorized", "policy" or "rate_limit".
 	Rejected(reason string)
+}
+
+// OperationObserver is an Observer that also times every JSON-RPC request
+// as the MCP semantic conventions' mcp.server.operation.duration: its
+// method, the tool of a tools/call, and error.type ("" when it succeeded).
+type OperationObserver interface {
+	Operation(method, tool, errorType string, d time.Duration)
 }
 
 // Stats is the front door's load right now.
@@ -139,6 +150,7 @@ type Server struct {
 	limits   *rateLimiter   // nil without rate limits
 	audit    *auditor
 	origins  originPolicy
+	tracer   trace.Tracer   // nil without tracing
 	bg       sync.WaitGroup // background loops besides syncLoop
 
 	mu         sync.Mutex
@@ -221,6 +233,9 @@ func New(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("mcp: provider %q: replicas must be >= 0", p.Name())
 		}
 		s.local[p.Name()] = &localProvider{spec: p}
+	}
+	if cfg.TracerProvider != nil {
+		s.tracer = cfg.TracerProvider.Tracer(instrumentation, trace.WithInstrumentationVersion(Version))
 	}
 	s.origins = newOriginPolicy(cfg.AllowedOrigins, cfg.AllowLoopbackOrigins)
 	if cfg.OAuth != nil {
@@ -308,10 +323,21 @@ func (s *Server) Handler() http.Handler {
 		r.ContentLength = int64(len(body))
 		msg := parseMessage(body)
 		method, tool := msg.Method, msg.Params.Name
+		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		w = sw
+		var op *operation // a request (not a notification): timed, and traced when tracing is on
+		if method != "" && len(msg.ID) > 0 {
+			op = s.startOperation(r, msg)
+			r = r.WithContext(op.ctx)
+			defer op.end(sw)
+		}
 		var audit *callAudit // every tools/call is audited, refused ones too
 		if method == string(mcplib.MethodToolsCall) {
 			audit = s.startAudit(r, msg)
 			r = r.WithContext(withTrace(r.Context(), audit.trace))
+			if op != nil {
+				op.call = audit.trace
+			}
 		}
 		if isModern(r) {
 			if err := checkHeaders(r, msg); err != nil {
@@ -379,7 +405,6 @@ func (s *Server) Handler() http.Handler {
 			}
 			defer release()
 		}
-		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
 		s.http.ServeHTTP(sw, r)
 		audit.served(sw.status)
 		// The router records every call it runs; mcp-go answers calls of
@@ -401,8 +426,11 @@ type message struct {
 	ID     json.RawMessage `json:"id,omitempty"`
 	Method string          `json:"method"`
 	Params struct {
-		Name      string          `json:"name"`
-		Arguments json.RawMessage `json:"arguments"`
+		Name            string          `json:"name"`
+		Arguments       json.RawMessage `json:"arguments"`
+		URI             string          `json:"uri"`             // resources/read, for its span
+		ProtocolVersion string          `json:"protocolVersion"` // initialize, for its span
+		Meta            traceMeta       `json:"_meta"`           // the client's trace context
 	} `json:"params"`
 }
 
@@ -472,15 +500,25 @@ func methodLabel(m string) string {
 // MethodLabel is methodLabel for observers outside the package.
 func MethodLabel(m string) string { return methodLabel(m) }
 
-// statusWriter records the status mcp-go answered with.
+// statusWriter records the status mcp-go answered with, and the start of
+// the body, where a JSON-RPC error shows its code.
 type statusWriter struct {
 	http.ResponseWriter
 	status int
+	head   [256]byte
+	n      int
 }
 
 func (w *statusWriter) WriteHeader(code int) {
 	w.status = code
 	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.n < len(w.head) {
+		w.n += copy(w.head[w.n:], b)
+	}
+	return w.ResponseWriter.Write(b)
 }
 
 func (w *statusWriter) Flush() {
@@ -546,7 +584,7 @@ func writeJSONRPCErrorID(w http.ResponseWriter, status int, id json.RawMessage, 
 
 // InternalHandler serves forwarded calls; mount it on the cluster port only.
 func (s *Server) InternalHandler() http.Handler {
-	return &internalHandler{node: s.node, run: s, logger: s.logger}
+	return &internalHandler{node: s.node, run: s, logger: s.logger, tracer: s.tracer}
 }
 
 // CloseStreams ends the long-lived streams of this node's clients (GET

@@ -14,6 +14,7 @@ import (
 	"github.com/mark3labs/mcp-go/server"
 	"github.com/mcpcluster/mcpcluster/cluster"
 	"github.com/mcpcluster/mcpcluster/fsm"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Session errors; mcp-go answers each with HTTP 404.
@@ -50,6 +51,7 @@ func (s *sessionStore) ResolveSessionIdManager(r *http.Request) server.SessionId
 	if r != nil {
 		m.principal = principalFrom(r.Context())
 		m.protocol = r.Header.Get("Mcp-Protocol-Version")
+		m.span = trace.SpanFromContext(r.Context())
 	}
 	return m
 }
@@ -60,6 +62,19 @@ type sessionManager struct {
 	principal string
 	protocol  string
 	local     bool // no request: mcp-go's own housekeeping
+	// span is the request's span: the session's raft writes are its
+	// children (the writes outlive the request's cancellation).
+	span trace.Span
+}
+
+// context is a fresh context for a replicated write of the session,
+// carrying the request's span.
+func (m *sessionManager) context() (context.Context, context.CancelFunc) {
+	ctx := context.Background()
+	if m.span != nil {
+		ctx = trace.ContextWithSpan(ctx, m.span)
+	}
+	return context.WithTimeout(ctx, m.s.timeout)
 }
 
 // Generate opens a session and returns its id once the cluster has
@@ -70,7 +85,7 @@ func (m *sessionManager) Generate() string {
 	var b [16]byte
 	_, _ = rand.Read(b[:])
 	id := hex.EncodeToString(b[:])
-	ctx, cancel := context.WithTimeout(context.Background(), m.s.timeout)
+	ctx, cancel := m.context()
 	defer cancel()
 	_, err := m.s.c.Apply(ctx, &fsm.Command{Type: fsm.TypeSessionOpen, Session: &fsm.Session{
 		ID: id, Principal: m.principal, ProtocolVersion: m.protocol, Node: m.s.node,
@@ -92,7 +107,7 @@ func (m *sessionManager) Validate(id string) (bool, error) {
 	}
 	sess, ok := m.s.c.FSM().Session(id)
 	if !ok {
-		ctx, cancel := context.WithTimeout(context.Background(), m.s.timeout)
+		ctx, cancel := m.context()
 		_, err := m.s.c.ReadBarrier(ctx, cluster.Default)
 		cancel()
 		if err != nil {
@@ -120,7 +135,7 @@ func (m *sessionManager) Terminate(id string) (bool, error) {
 	if _, err := m.Validate(id); err != nil {
 		return false, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), m.s.timeout)
+	ctx, cancel := m.context()
 	defer cancel()
 	res, err := m.s.c.Apply(ctx, &fsm.Command{Type: fsm.TypeSessionDelete, SessionID: id})
 	if err != nil {

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
+	neturl "net/url"
 	"os"
 	"os/exec"
 	"slices"
@@ -18,6 +20,7 @@ import (
 	"github.com/mark3labs/mcp-go/client"
 	"github.com/mark3labs/mcp-go/client/transport"
 	mcplib "github.com/mark3labs/mcp-go/mcp"
+	"go.opentelemetry.io/otel/attribute"
 )
 
 // upstreamProtocol is the version mcpcluster speaks to upstream servers:
@@ -40,6 +43,8 @@ type upstream struct {
 
 	progMu   sync.Mutex
 	progress map[string]ProgressFunc // upstream progress token → sink
+
+	spanAttrs []attribute.KeyValue // where the upstream is, for its client spans
 }
 
 // NewStdio returns a provider that runs command (argv) as an MCP server on
@@ -62,6 +67,7 @@ func NewStdio(name string, command []string, env []string, logger *slog.Logger) 
 		return nil, fmt.Errorf("provider %q: %w", name, err)
 	}
 	u := newUpstream(name, logger)
+	u.spanAttrs = append(u.spanAttrs, attribute.String(attrTransport, "pipe"))
 	for _, kv := range env {
 		if strings.HasPrefix(kv, nodeEnvPrefix) {
 			k, _, _ := strings.Cut(kv, "=")
@@ -130,6 +136,13 @@ func NewHTTP(name, url string, headers map[string]string, logger *slog.Logger) (
 		return nil, fmt.Errorf("provider %q: url %q is not http(s)", name, url)
 	}
 	u := newUpstream(name, logger)
+	if pu, err := neturl.Parse(url); err == nil {
+		host := pu.Host
+		if pu.Port() == "" {
+			host = net.JoinHostPort(pu.Hostname(), map[string]string{"http": "80", "https": "443"}[pu.Scheme])
+		}
+		u.spanAttrs = append(append(u.spanAttrs, serverAttrs(host)...), attribute.String(attrTransport, "tcp"), attribute.String(attrProtoName, "http"))
+	}
 	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second}}
 	u.dial = func() (*client.Client, error) {
 		tr, err := transport.NewStreamableHTTP(url, transport.WithHTTPBasicClient(hc), transport.WithHTTPHeaders(headers))
@@ -145,7 +158,8 @@ func newUpstream(name string, logger *slog.Logger) *upstream {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &upstream{name: name, logger: logger.With("provider", name), progress: map[string]ProgressFunc{}}
+	return &upstream{name: name, logger: logger.With("provider", name), progress: map[string]ProgressFunc{},
+		spanAttrs: []attribute.KeyValue{attribute.String(attrProvider, name)}}
 }
 
 func (u *upstream) Name() string { return u.name }
@@ -241,7 +255,13 @@ func (u *upstream) Call(ctx context.Context, req mcplib.CallToolRequest) (*mcpli
 		}()
 		req.Params.Meta = &mcplib.Meta{ProgressToken: tok}
 	}
+	// The upstream's span: its context goes to the upstream in _meta.
+	ctx, span := startCallSpan(ctx, req.Params.Name, u.spanAttrs...)
+	if span != nil {
+		req.Params.Meta = injectMeta(ctx, req.Params.Meta)
+	}
 	res, err := c.CallTool(ctx, req)
+	endCallSpan(span, res, err)
 	if err != nil {
 		u.broken(c, err)
 		return nil, fmt.Errorf("upstream %s: %w", u.name, err)

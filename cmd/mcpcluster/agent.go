@@ -29,7 +29,8 @@ type Agent struct {
 	httpSrv *http.Server
 	httpLn  net.Listener
 
-	tempDir   string // dev mode's data dir, removed on Close
+	tracing   *tracing // nil when tracing is off
+	tempDir   string   // dev mode's data dir, removed on Close
 	leaveOnce sync.Once
 	left      chan struct{} // closed when the node left on request (POST /v1/agent/leave)
 	stopped   chan struct{} // closed by Close
@@ -46,6 +47,7 @@ func NewAgent(cfg AgentConfig, logger *slog.Logger) (_ *Agent, err error) {
 		if a.node != nil {
 			a.node.Shutdown()
 		}
+		_ = a.tracing.shutdown(context.Background())
 		if a.httpLn != nil {
 			a.httpLn.Close()
 		}
@@ -111,8 +113,15 @@ func NewAgent(cfg AgentConfig, logger *slog.Logger) (_ *Agent, err error) {
 		return nil, fmt.Errorf("start node: %w", err)
 	}
 
+	if a.tracing, err = setupTracing(context.Background(), os.Getenv, a.node.ID()); err != nil {
+		return nil, fmt.Errorf("tracing: %w", err)
+	}
 	mc := mcp.DefaultConfig()
 	mc.Cluster = a.node
+	if a.tracing != nil {
+		mc.TracerProvider = a.tracing.provider
+		logger.Info("tracing on: spans go to the OTLP endpoint of the OTEL_* environment", "exporter", a.tracing.exporter)
+	}
 	mc.Logger = logger
 	mc.CallTimeout = cfg.CallTimeout
 	mc.SessionIdleTTL = cfg.SessionIdleTTL
@@ -287,6 +296,10 @@ func (a *Agent) Close() error {
 		herr = fmt.Errorf("stop http server: %w", herr)
 	}
 	err := errors.Join(herr, a.mcp.Close(), a.node.Shutdown())
+	// The last spans go out, within the same grace.
+	tctx, tcancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer tcancel()
+	err = errors.Join(err, a.tracing.shutdown(tctx))
 	if a.tempDir != "" {
 		os.RemoveAll(a.tempDir)
 	}

@@ -11,6 +11,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/mcpcluster/mcpcluster/mcp"
 )
 
 const usage = `Usage: mcpcluster <command> [flags]
@@ -100,10 +102,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 func newLogger(w io.Writer, level, format string) *slog.Logger {
 	l, _ := parseLevel(level)
 	opts := &slog.HandlerOptions{Level: l}
+	// Lines logged with a traced call's context carry its trace_id and span_id.
 	if format == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
+		return slog.New(mcp.LogHandler(slog.NewJSONHandler(w, opts)))
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	return slog.New(mcp.LogHandler(slog.NewTextHandler(w, opts)))
 }
 
 func runAgent(args []string, stderr io.Writer) error {

@@ -21,6 +21,7 @@ type metrics struct {
 	errors     *prometheus.CounterVec
 	calls      *prometheus.HistogramVec
 	rejections *prometheus.CounterVec
+	operations *prometheus.HistogramVec
 }
 
 func newMetrics(node *cluster.Node) *metrics {
@@ -41,8 +42,15 @@ func newMetrics(node *cluster.Node) *metrics {
 		rejections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mcpcluster_rejections_total", Help: "Requests refused before running, by reason: busy, draining, queue_timeout, origin, unauthorized, policy, rate_limit.",
 		}, []string{"reason"}),
+		// mcp.server.operation.duration of the OpenTelemetry MCP
+		// conventions, with their buckets, as Prometheus names it.
+		operations: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "mcp_server_operation_duration_seconds",
+			Help:    "MCP server operation duration (OpenTelemetry mcp.server.operation.duration): JSON-RPC requests by method, tool and error.type.",
+			Buckets: []float64{.01, .02, .05, .1, .2, .5, 1, 2, 5, 10, 30, 60, 120, 300},
+		}, []string{"mcp_method_name", "gen_ai_tool_name", "error_type"}),
 	}
-	m.reg.MustRegister(m.requests, m.errors, m.calls, m.rejections,
+	m.reg.MustRegister(m.requests, m.errors, m.calls, m.rejections, m.operations,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&clusterCollector{n: node})
 	return m
@@ -113,6 +121,10 @@ func (m *metrics) Call(tool, where string, d time.Duration, _ bool) {
 }
 
 func (m *metrics) Rejected(reason string) { m.rejections.WithLabelValues(reason).Inc() }
+
+func (m *metrics) Operation(method, tool, errorType string, d time.Duration) {
+	m.operations.WithLabelValues(method, m.toolLabel(tool), errorType).Observe(d.Seconds())
+}
 
 func (m *metrics) handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})

@@ -1,9 +1,10 @@
 // Command stdio-server is a small MCP server on stdio, the kind of upstream
 // an mcpcluster provider of type "stdio" runs. It serves the built-in demo
 // tools (echo, sleep, sha256), "whoami", which tells the process id, so
-// you can see which process answered and that a restarted one is new, and
+// you can see which process answered and that a restarted one is new;
 // "env", which lists the names (never the values) of its environment
-// variables, so you can see what a provider passes to its command.
+// variables, so you can see what a provider passes to its command; and
+// "trace_context", which returns the trace context it got in _meta.
 // STDIO_SERVER_DELAY (e.g. 200ms) delays every call, to play a slow upstream.
 //
 //	providers:
@@ -16,6 +17,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"slices"
@@ -86,6 +88,27 @@ func main() {
 		mcplib.WithDestructiveHintAnnotation(false),
 	), func(context.Context, mcplib.CallToolRequest) (*mcplib.CallToolResult, error) {
 		return mcplib.NewToolResultText(fmt.Sprintf("tick %d of pid %d", ticks.Add(1), os.Getpid())), nil
+	})
+	s.AddTool(mcplib.NewTool("trace_context",
+		mcplib.WithDescription("The W3C trace context (traceparent, tracestate, baggage) this server received in the call's _meta, as JSON: where a traced mcpcluster node puts it."),
+		mcplib.WithReadOnlyHintAnnotation(true),
+		mcplib.WithIdempotentHintAnnotation(true),
+	), func(_ context.Context, req mcplib.CallToolRequest) (*mcplib.CallToolResult, error) {
+		got := map[string]string{}
+		if req.Params.Meta != nil {
+			for _, k := range []string{"traceparent", "tracestate", "baggage"} {
+				if v, ok := req.Params.Meta.AdditionalFields[k].(string); ok {
+					got[k] = v
+				}
+			}
+		}
+		b, err := json.Marshal(got)
+		if err != nil {
+			return nil, fmt.Errorf("encode trace context: %w", err)
+		}
+		res := mcplib.NewToolResultText(string(b))
+		res.StructuredContent = got
+		return res, nil
 	})
 	if err := server.ServeStdio(s); err != nil {
 		fmt.Fprintln(os.Stderr, "stdio-server:", err)
