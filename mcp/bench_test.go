@@ -2,6 +2,7 @@ package mcp
 
 import (
 	"context"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -15,6 +16,9 @@ import (
 	mcplib "github.com/mark3labs/mcp-go/mcp"
 	"github.com/mark3labs/mcp-go/server"
 	"github.com/mcpcluster/mcpcluster/cluster"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // serve serves h on a loopback port until the test ends.
@@ -144,5 +148,44 @@ func BenchmarkEcho(b *testing.B) {
 	for _, v := range []string{mcplib.ProtocolVersion20251125, mcplib.ProtocolVersion20260728} {
 		b.Run(v+"/bare", func(b *testing.B) { runCalls(b, bareURL, v) })
 		b.Run(v+"/node", func(b *testing.B) { runCalls(b, nodeURL, v) })
+	}
+}
+
+// BenchmarkTracing measures what tracing costs a call: the same echo calls
+// through a one-node cluster with tracing off, and on with every call
+// sampled and its spans exported over OTLP/HTTP to a receiver in this
+// process (which reads and drops them).
+//
+//	go test -run '^$' -bench Tracing -benchtime 20000x -count 3 ./mcp/
+func BenchmarkTracing(b *testing.B) {
+	var received atomic.Int64
+	collector := serve(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, _ := io.Copy(io.Discard, r.Body)
+		received.Add(n)
+		w.Header().Set("Content-Type", "application/x-protobuf")
+	}))
+	exp, err := otlptracehttp.New(context.Background(), otlptracehttp.WithEndpointURL(collector+"/v1/traces"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithSampler(sdktrace.AlwaysSample()))
+	b.Cleanup(func() { tp.Shutdown(context.Background()) })
+	for _, tc := range []struct {
+		name string
+		tp   trace.TracerProvider
+	}{{"off", nil}, {"always_on", tp}} {
+		_, s := newSoloNodeConfig(b, func(*cluster.Node) []ProviderSpec {
+			return []ProviderSpec{{Provider: NewBuiltin(BuiltinName, nil)}}
+		}, func(c *Config) { c.TracerProvider = tc.tp })
+		mux := http.NewServeMux()
+		mux.Handle("/mcp", s.Handler())
+		url := serve(b, mux)
+		b.Run(tc.name, func(b *testing.B) { runCalls(b, url, mcplib.ProtocolVersion20251125) })
+	}
+	if err := tp.ForceFlush(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	if received.Load() == 0 {
+		b.Fatal("no spans reached the collector")
 	}
 }

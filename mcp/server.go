@@ -150,8 +150,9 @@ type Server struct {
 	limits   *rateLimiter   // nil without rate limits
 	audit    *auditor
 	origins  originPolicy
-	tracer   trace.Tracer   // nil without tracing
-	bg       sync.WaitGroup // background loops besides syncLoop
+	tracer   trace.Tracer      // nil without tracing
+	ops      OperationObserver // the Observer, if it times operations
+	bg       sync.WaitGroup    // background loops besides syncLoop
 
 	mu         sync.Mutex
 	registered map[string]string // tool name → spec registered with mcp-go
@@ -237,6 +238,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.TracerProvider != nil {
 		s.tracer = cfg.TracerProvider.Tracer(instrumentation, trace.WithInstrumentationVersion(Version))
 	}
+	s.ops, _ = cfg.Observer.(OperationObserver)
 	s.origins = newOriginPolicy(cfg.AllowedOrigins, cfg.AllowLoopbackOrigins)
 	if cfg.OAuth != nil {
 		a, err := newAuthenticator(*cfg.OAuth, s.logger.With("component", "oauth"))
@@ -326,7 +328,8 @@ func (s *Server) Handler() http.Handler {
 		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
 		w = sw
 		var op *operation // a request (not a notification): timed, and traced when tracing is on
-		if method != "" && len(msg.ID) > 0 {
+		if (s.tracer != nil || s.ops != nil) && method != "" && len(msg.ID) > 0 {
+			sw.sniff = true
 			op = s.startOperation(r, msg)
 			r = r.WithContext(op.ctx)
 			defer op.end(sw)
@@ -505,6 +508,7 @@ func MethodLabel(m string) string { return methodLabel(m) }
 type statusWriter struct {
 	http.ResponseWriter
 	status int
+	sniff  bool // keep the start of the body in head
 	head   [256]byte
 	n      int
 }
@@ -515,7 +519,7 @@ func (w *statusWriter) WriteHeader(code int) {
 }
 
 func (w *statusWriter) Write(b []byte) (int, error) {
-	if w.n < len(w.head) {
+	if w.sniff && w.n < len(w.head) {
 		w.n += copy(w.head[w.n:], b)
 	}
 	return w.ResponseWriter.Write(b)

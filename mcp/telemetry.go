@@ -371,8 +371,8 @@ func (op *operation) end(sw *statusWriter) {
 	case route.failed:
 		errType, desc = errToolError, route.err
 	}
-	if o, ok := op.s.cfg.Observer.(OperationObserver); ok {
-		o.Operation(op.method, op.tool, errType, time.Since(op.start))
+	if op.s.ops != nil {
+		op.s.ops.Operation(op.method, op.tool, errType, time.Since(op.start))
 	}
 	if op.span == nil {
 		return
