@@ -218,6 +218,19 @@ func TestTraceAcrossNodes(t *testing.T) {
 		transport.WithHTTPHeaders(map[string]string{"traceparent": "00-" + headerTrace + "-" + headerParent + "-01"}))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	// The catalog reaches each node's MCP server with its next sync.
+	waitFor(t, 20*time.Second, func() error {
+		list, err := cl.ListTools(ctx, mcplib.ListToolsRequest{})
+		if err != nil {
+			return err
+		}
+		for _, tl := range list.Tools {
+			if tl.Name == tool {
+				return nil
+			}
+		}
+		return fmt.Errorf("%s does not list %s yet", via.id, tool)
+	})
 
 	// A call with the trace context in _meta.
 	req := mcplib.CallToolRequest{}

@@ -267,11 +267,12 @@ func New(cfg Config) (*Server, error) {
 	s.fwd = newForwarder(s.node, cfg.Cluster.DialInternal)
 	s.router = &router{s: s}
 	s.sessions = newSessionStore(cfg.Cluster, cfg.SessionIdleTTL, s.logger)
-	s.mcp = server.NewMCPServer("mcpcluster", Version,
-		server.WithToolCapabilities(true),
-		server.WithRecovery(),
-		server.WithToolFilter(s.filterTools),
-	)
+	opts := []server.ServerOption{server.WithToolCapabilities(true), server.WithRecovery()}
+	if s.policy != nil {
+		// mcp-go runs a filter on every call it serves: only with a policy.
+		opts = append(opts, server.WithToolFilter(s.filterTools))
+	}
+	s.mcp = server.NewMCPServer("mcpcluster", Version, opts...)
 	s.http = server.NewStreamableHTTPServer(s.mcp,
 		server.WithEndpointPath("/mcp"),
 		server.WithSessionIdManagerResolver(s.sessions),
@@ -325,6 +326,9 @@ func (s *Server) Handler() http.Handler {
 		r.ContentLength = int64(len(body))
 		msg := parseMessage(body)
 		method, tool := msg.Method, msg.Params.Name
+		if method == string(mcplib.MethodToolsCall) && tool != "" && !s.isRegistered(tool) {
+			s.catchUpCatalog(r.Context(), tool)
+		}
 		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
 		w = sw
 		var op *operation // a request (not a notification): timed, and traced when tracing is on
@@ -350,7 +354,8 @@ func (s *Server) Handler() http.Handler {
 				return
 			}
 		}
-		if method == string(mcplib.MethodToolsCall) && !s.policy.allows(r.Context(), tool, s.toolAnnotations(tool)) {
+		// The annotations are built only when a policy will read them.
+		if method == string(mcplib.MethodToolsCall) && s.policy != nil && !s.policy.allows(r.Context(), tool, s.toolAnnotations(tool)) {
 			s.cfg.Observer.Rejected("policy")
 			s.cfg.Observer.Request(method, "", true)
 			audit.refused("policy")
@@ -905,6 +910,22 @@ func (s *Server) syncTools() {
 	}
 	if len(del) > 0 {
 		s.mcp.DeleteTools(del...)
+	}
+}
+
+// catchUpCatalog registers tool before a call of it when the catalog has
+// it but the sync loop has not registered it yet, or when this node has
+// not applied it yet (a client may call a tool the moment another node
+// lists it). An unknown tool costs one read barrier.
+func (s *Server) catchUpCatalog(ctx context.Context, tool string) {
+	s.syncTools()
+	if s.isRegistered(tool) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if _, err := s.cfg.Cluster.ReadBarrier(ctx, cluster.Default); err == nil {
+		s.syncTools()
 	}
 }
 
