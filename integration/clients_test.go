@@ -27,7 +27,7 @@ var matrixHolders = map[string]int{
 	"echo": 3, "sleep": 3, "sha256": 3, "cluster_status": 3,
 	"cache_get": 3, "cache_set": 3, "cache_delete": 3,
 	"pinned_echo": 1, "pinned_sleep": 1, "pinned_sha256": 1, "pinned_cluster_status": 1,
-	"demo_echo": 1, "demo_sleep": 1, "demo_sha256": 1, "demo_whoami": 1, "demo_env": 1, "demo_tick": 1,
+	"demo_echo": 1, "demo_sleep": 1, "demo_sha256": 1, "demo_whoami": 1, "demo_env": 1, "demo_tick": 1, "demo_trace_context": 1,
 	"forecast": 2,
 }
 
