@@ -94,6 +94,11 @@ type Config struct {
 	// SessionIdleTTL: the leader expires MCP sessions unused this long
 	// (their last use is replicated); 0 keeps them until deleted.
 	SessionIdleTTL time.Duration
+	// SessionMaxLifetime: a session idle-expired by the leader stays a
+	// tombstone until this long after it was opened, so that no node
+	// accepts its (self-verifying) id again; 0: expired sessions are
+	// removed outright.
+	SessionMaxLifetime time.Duration
 
 	// Logger receives every log line of the node, raft and memberlist included.
 	Logger *slog.Logger

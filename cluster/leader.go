@@ -2,8 +2,10 @@ package cluster
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
+	"math"
 	"sort"
 	"time"
 
@@ -247,7 +249,26 @@ func (r *reconciler) reconcile(ctx context.Context) error {
 	if err := r.place(ctx); err != nil {
 		return err
 	}
+	if err := r.ensureSessionKey(ctx); err != nil {
+		return err
+	}
 	return r.expireSessions(ctx)
+}
+
+// ensureSessionKey gives the cluster the key that signs session ids, once:
+// with it every node opens and checks sessions without a raft write.
+func (r *reconciler) ensureSessionKey(ctx context.Context) error {
+	if r.n.fsm.SessionKey() != nil {
+		return nil
+	}
+	key := make([]byte, fsm.SessionKeySize)
+	if _, err := rand.Read(key); err != nil {
+		return fmt.Errorf("session key: %w", err)
+	}
+	if _, err := r.n.Apply(ctx, &fsm.Command{Type: fsm.TypeSessionKey, Value: key}); err != nil {
+		return fmt.Errorf("set session key: %w", err)
+	}
+	return nil
 }
 
 // expireBatch bounds how many sessions one expiry command removes.
@@ -260,12 +281,12 @@ func (r *reconciler) expireSessions(ctx context.Context) error {
 	n := r.n
 	ttl := n.cfg.SessionIdleTTL
 	if ttl <= 0 {
-		return nil
+		ttl = math.MaxInt64 // only tombstones expire
 	}
 	now := time.Now()
 	due := false
 	for _, s := range n.fsm.Sessions() {
-		if now.UnixNano()-s.LastSeen >= int64(ttl) {
+		if s.Deleted() && s.DeletedUntil <= now.UnixNano() || !s.Deleted() && now.UnixNano()-s.LastSeen >= int64(ttl) {
 			due = true
 			break
 		}
@@ -273,11 +294,12 @@ func (r *reconciler) expireSessions(ctx context.Context) error {
 	if !due {
 		return nil
 	}
-	res, err := n.Apply(ctx, &fsm.Command{Type: fsm.TypeSessionExpire, Now: now.UnixNano(), IdleTTL: int64(ttl), Limit: expireBatch})
+	res, err := n.Apply(ctx, &fsm.Command{Type: fsm.TypeSessionExpire, Now: now.UnixNano(), IdleTTL: int64(ttl),
+		Until: int64(n.cfg.SessionMaxLifetime), Limit: expireBatch})
 	if err != nil {
 		return fmt.Errorf("expire sessions: %w", err)
 	}
-	n.logger.Info("expired idle sessions", "count", res.Removed, "idle_ttl", ttl)
+	n.logger.Info("expired idle sessions", "count", res.Removed, "idle_ttl", n.cfg.SessionIdleTTL)
 	if res.Removed == expireBatch {
 		kick(n.reconcileCh)
 	}

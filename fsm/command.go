@@ -28,6 +28,8 @@ const (
 	TypeCacheSet
 	TypeCacheDelete
 	TypeCacheExpire
+	TypeSessionKey
+	TypeSessionUses
 )
 
 var typeNames = [...]string{
@@ -43,9 +45,11 @@ var typeNames = [...]string{
 	TypeCacheSet:       "cache_set",
 	TypeCacheDelete:    "cache_delete",
 	TypeCacheExpire:    "cache_expire",
+	TypeSessionKey:     "session_key",
+	TypeSessionUses:    "session_uses",
 }
 
-func (t Type) valid() bool { return t >= TypeNodeRegister && t <= TypeCacheExpire }
+func (t Type) valid() bool { return t >= TypeNodeRegister && t <= TypeSessionUses }
 
 // String returns the snake_case name of t, or "Type(n)" for an unknown type.
 func (t Type) String() string {
@@ -69,9 +73,11 @@ type Command struct {
 	Assignment *Assignment `json:"assignment,omitempty"` // Assign (required, Provider non-empty)
 	Session    *Session    `json:"session,omitempty"`    // SessionOpen (required, ID non-empty)
 	SessionID  string      `json:"session_id,omitempty"` // SessionTouch, SessionDelete (required)
+	Until      int64       `json:"until,omitempty"`      // SessionDelete: keep a tombstone until then (unix ns), 0 = none; SessionExpire: an idle session becomes a tombstone until CreatedAt+Until (ns), 0 = removed
+	Sessions   []Session   `json:"sessions,omitempty"`   // SessionUses: sessions opened or used, stamped by the proposer (each ID non-empty)
 	IdleTTL    int64       `json:"idle_ttl,omitempty"`   // SessionExpire: remove sessions with LastSeen+IdleTTL <= Now (required > 0)
 	Key        string      `json:"key,omitempty"`        // CacheSet, CacheDelete (required non-empty)
-	Value      []byte      `json:"value,omitempty"`      // CacheSet
+	Value      []byte      `json:"value,omitempty"`      // CacheSet; SessionKey: the key (32 bytes)
 	ExpiresAt  int64       `json:"expires_at,omitempty"` // CacheSet: absolute unix ns; 0 = never
 	CAS        *uint64     `json:"cas,omitempty"`        // CacheSet/CacheDelete: only if the live entry's Version == *CAS; 0 = must not exist
 	// CacheSet/CacheDelete: with CompareValue, only if the key is live and
@@ -231,6 +237,19 @@ func (c *Command) validate() error {
 			return errors.New("missing key")
 		}
 	case TypeCacheExpire:
+	case TypeSessionKey:
+		if len(c.Value) != SessionKeySize {
+			return fmt.Errorf("session key must be %d bytes, not %d", SessionKeySize, len(c.Value))
+		}
+	case TypeSessionUses:
+		if len(c.Sessions) == 0 {
+			return errors.New("no sessions")
+		}
+		for i, s := range c.Sessions {
+			if s.ID == "" || s.DeletedUntil != 0 {
+				return fmt.Errorf("session %d: missing id or marked deleted", i)
+			}
+		}
 	default:
 		return fmt.Errorf("unknown command type %d", uint8(c.Type))
 	}

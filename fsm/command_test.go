@@ -89,7 +89,7 @@ func TestDecodeErrors(t *testing.T) {
 		{"one byte", []byte{EncodingVersion}, "short input"},
 		{"wrong version", []byte{2, byte(TypeCacheExpire), '{', '}'}, "encoding version"},
 		{"type zero", hdr(0, `{}`), "unknown command type 0"},
-		{"type too large", hdr(TypeCacheExpire+1, `{}`), "unknown command type 13"},
+		{"type too large", hdr(TypeSessionUses+1, `{}`), "unknown command type 15"},
 		{"empty payload", hdr(TypeCacheExpire, ``), "not a json object"},
 		{"null payload", hdr(TypeCacheExpire, `null`), "not a json object"},
 		{"array payload", hdr(TypeCacheExpire, `[]`), "not a json object"},

@@ -35,6 +35,8 @@ type state struct {
 	tools      map[string]Tool
 	assigns    map[string]Assignment
 	sessions   map[string]Session
+	tombstones int    // sessions that are tombstones
+	sessionKey []byte // signs session ids; set once
 	cache      map[string]CacheEntry
 	cacheBytes int64
 	writes     []keyVersion // derived: cache writes, oldest first (eviction)
@@ -161,23 +163,69 @@ func (s *state) apply(index uint64, c *Command) (*Result, bool) {
 			r.Code = CodeNotFound
 		}
 	case TypeSessionDelete:
-		if _, ok := s.sessions[c.SessionID]; ok {
+		ss, ok := s.sessions[c.SessionID]
+		switch {
+		case ok && ss.Deleted():
+			r.Code = CodeNotFound
+		case ok:
 			delete(s.sessions, c.SessionID)
 			r.Removed = 1
-		} else {
+		case c.Until == 0:
 			r.Code = CodeNotFound
+		}
+		if c.Until != 0 && !(ok && ss.Deleted()) {
+			// A verifiable id is refused everywhere until its lifetime ends,
+			// whether or not its uses reached the state yet.
+			s.sessions[c.SessionID] = Session{ID: c.SessionID, DeletedUntil: c.Until}
+			s.tombstones++
 		}
 	case TypeSessionExpire:
 		var ids []string
 		for id, ss := range s.sessions {
+			switch {
+			case ss.Deleted():
+				if ss.DeletedUntil <= c.Now {
+					ids = append(ids, id)
+				}
 			// LastSeen+IdleTTL <= Now, without overflowing.
-			if ss.LastSeen <= math.MaxInt64-c.IdleTTL && ss.LastSeen+c.IdleTTL <= c.Now {
+			case ss.LastSeen <= math.MaxInt64-c.IdleTTL && ss.LastSeen+c.IdleTTL <= c.Now:
 				ids = append(ids, id)
 			}
 		}
 		for _, id := range firstN(ids, c.Limit) {
-			delete(s.sessions, id)
-			r.Removed++
+			ss := s.sessions[id]
+			switch {
+			case ss.Deleted():
+				s.tombstones--
+				delete(s.sessions, id)
+			case c.Until > 0 && ss.CreatedAt <= math.MaxInt64-c.Until && ss.CreatedAt+c.Until > c.Now:
+				// Its id verifies on every node until its lifetime ends.
+				s.sessions[id] = Session{ID: id, DeletedUntil: ss.CreatedAt + c.Until}
+				s.tombstones++
+				r.Removed++
+			default:
+				delete(s.sessions, id)
+				r.Removed++
+			}
+		}
+	case TypeSessionKey:
+		if s.sessionKey != nil {
+			r.Code = CodeConflict // the first key stays
+			break
+		}
+		s.sessionKey = slices.Clone(c.Value)
+	case TypeSessionUses:
+		for _, u := range c.Sessions {
+			ss, ok := s.sessions[u.ID]
+			switch {
+			case ok && ss.Deleted():
+				// Deleted: a late use does not bring it back.
+			case ok:
+				ss.LastSeen = max(ss.LastSeen, u.LastSeen)
+				s.sessions[u.ID] = ss
+			default:
+				s.sessions[u.ID] = u
+			}
 		}
 	case TypeCacheSet:
 		if fails, cur := s.casFails(c); fails {
@@ -501,7 +549,15 @@ func (f *FSM) Session(id string) (Session, bool) {
 	return s, ok
 }
 
-// Sessions returns every session, sorted by ID.
+// SessionKey returns the key that signs session ids, nil until the
+// leader has set one.
+func (f *FSM) SessionKey() []byte {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.st.sessionKey
+}
+
+// Sessions returns every session, tombstones included, sorted by ID.
 func (f *FSM) Sessions() []Session {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
@@ -553,7 +609,7 @@ func (f *FSM) Counts() Counts {
 		Providers:    len(s.providers),
 		Tools:        len(s.tools),
 		Assignments:  len(s.assigns),
-		Sessions:     len(s.sessions),
+		Sessions:     len(s.sessions) - s.tombstones,
 		CacheEntries: len(s.cache),
 		CacheBytes:   s.cacheBytes,
 	}

@@ -16,7 +16,8 @@ import (
 )
 
 // Snapshot format: newline-delimited JSON records. A header record, then the
-// sections nodes, providers, tools, assignments, sessions, cache (each sorted by key),
+// sections nodes, providers, tools, assignments, the session key, sessions, cache
+// (each sorted by key),
 // then the dedupe table in FIFO order, then an end record carrying the
 // number of data records so truncation is detected.
 const snapshotFormat = 1
@@ -28,6 +29,7 @@ const (
 	kindTool       = "tool"
 	kindAssignment = "assignment"
 	kindSession    = "session"
+	kindSessionKey = "session_key"
 	kindCache      = "cache"
 	kindDedupe     = "dedupe"
 	kindEnd        = "end"
@@ -44,6 +46,7 @@ type record struct {
 	Tool       *Tool       `json:"tool,omitempty"`
 	Assignment *Assignment `json:"assignment,omitempty"`
 	Session    *Session    `json:"session,omitempty"`
+	SessionKey []byte      `json:"session_key,omitempty"`
 	Cache      *CacheEntry `json:"cache,omitempty"`
 	Dedupe     *dedupeRec  `json:"dedupe,omitempty"`
 }
@@ -57,7 +60,7 @@ type dedupeRec struct {
 func (r *record) payloads() int {
 	n := 0
 	for _, set := range []bool{r.Node != nil, r.Provider != nil, r.Tool != nil, r.Assignment != nil,
-		r.Session != nil, r.Cache != nil, r.Dedupe != nil} {
+		r.Session != nil, r.SessionKey != nil, r.Cache != nil, r.Dedupe != nil} {
 		if set {
 			n++
 		}
@@ -142,6 +145,9 @@ func (s *state) encode(w io.Writer) error {
 	eachSorted(s.providers, func(v *Provider) { put(&record{Kind: kindProvider, Provider: v}) })
 	eachSorted(s.tools, func(v *Tool) { put(&record{Kind: kindTool, Tool: v}) })
 	eachSorted(s.assigns, func(v *Assignment) { put(&record{Kind: kindAssignment, Assignment: v}) })
+	if s.sessionKey != nil {
+		put(&record{Kind: kindSessionKey, SessionKey: s.sessionKey})
+	}
 	eachSorted(s.sessions, func(v *Session) { put(&record{Kind: kindSession, Session: v}) })
 	eachSorted(s.cache, func(v *CacheEntry) { put(&record{Kind: kindCache, Cache: v}) })
 	for _, k := range s.order {
@@ -277,7 +283,16 @@ func (s *state) restore(r *record) error {
 		}
 		_, ok := s.sessions[r.Session.ID]
 		s.sessions[r.Session.ID] = *r.Session
+		if r.Session.Deleted() && !ok {
+			s.tombstones++
+		}
 		return dup(ok, r.Session.ID)
+	case kindSessionKey:
+		if len(r.SessionKey) != SessionKeySize || s.sessionKey != nil {
+			return errors.New("invalid or repeated session key")
+		}
+		s.sessionKey = r.SessionKey
+		return nil
 	case kindCache:
 		e := r.Cache
 		if e == nil || e.Key == "" || e.Version == 0 || e.ExpiresAt < 0 {

@@ -47,9 +47,19 @@ type Session struct {
 	Principal       string `json:"principal,omitempty"`
 	ProtocolVersion string `json:"protocol_version,omitempty"`
 	Node            string `json:"node,omitempty"` // node that opened it
-	CreatedAt       int64  `json:"created_at"`     // set by Apply from Now on open
-	LastSeen        int64  `json:"last_seen"`      // set by Apply from Now on open/touch
+	CreatedAt       int64  `json:"created_at"`     // set by Apply from Now on open; by the proposer in SessionUses
+	LastSeen        int64  `json:"last_seen"`      // set by Apply from Now on open/touch; by the proposer in SessionUses
+	// DeletedUntil marks a tombstone: the session was deleted, and its id
+	// (verifiable by every node without a lookup) is refused until then,
+	// the end of the id's lifetime, when SessionExpire removes it.
+	DeletedUntil int64 `json:"deleted_until,omitempty"`
 }
+
+// SessionKeySize is the size of the key that signs session ids.
+const SessionKeySize = 32
+
+// Deleted reports whether s is a tombstone.
+func (s Session) Deleted() bool { return s.DeletedUntil != 0 }
 
 // CacheEntry is one value of the shared cache.
 type CacheEntry struct {

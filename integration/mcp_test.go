@@ -439,8 +439,17 @@ func TestSessionExpiryAndOwnership(t *testing.T) {
 	if code := post(b, bob, sid); code != http.StatusNotFound {
 		t.Fatalf("bob using alice's session: %d, want 404", code)
 	}
-	// Unused for longer than the idle TTL (watched without using it): gone
-	// from every node's replica, and answered 404 everywhere.
+	// Its use reaches every replica (lazily, within a flush interval)...
+	waitFor(t, 10*time.Second, func() error {
+		for _, nd := range c.nodes {
+			if st, err := nd.status(); err != nil || st.FSM.Sessions != 1 {
+				return fmt.Errorf("%s: %+v %v", nd.id, st.FSM, err)
+			}
+		}
+		return nil
+	})
+	// ...and, unused for longer than the idle TTL (watched without using
+	// it), is gone from every node's replica, and answered 404 everywhere.
 	c.waitDrained(15*time.Second, "sessions", func(st cluster.Status) int { return st.FSM.Sessions })
 	for _, nd := range c.nodes {
 		if code := post(nd, alice, sid); code != http.StatusNotFound {

@@ -198,8 +198,8 @@ func newTracedCluster(t *testing.T, n int, rcv *otlpReceiver) *testCluster {
 // hold the tool yields one trace across both nodes, its context from the
 // client's _meta; the holder's span descends from the caller's; the stdio
 // upstream receives the context of the holder's client span in _meta. Also:
-// the HTTP traceparent parents a request without _meta, the session commit
-// is a raft span of initialize's trace, the audit line carries the trace,
+// the HTTP traceparent parents a request without _meta, a cache write is a
+// raft span under its call, the audit line carries the trace,
 // and the mcp.server.operation.duration histogram counts the calls.
 func TestTraceAcrossNodes(t *testing.T) {
 	rcv := startOTLPReceiver(t)
@@ -255,9 +255,12 @@ func TestTraceAcrossNodes(t *testing.T) {
 		t.Fatalf("the stdio upstream got tracestate %q", upstream["tracestate"])
 	}
 
-	// A call without _meta: its parent is the HTTP header's.
+	// Calls without _meta: their parent is the HTTP header's.
 	if _, _, err := callTool(ctx, cl, tool, nil); err != nil {
 		t.Fatalf("second call: %v", err)
+	}
+	if _, _, err := callTool(ctx, cl, "cache_set", map[string]any{"key": "traced", "value": "v"}); err != nil {
+		t.Fatalf("cache_set: %v", err)
 	}
 
 	name := "tools/call " + tool
@@ -321,21 +324,22 @@ func TestTraceAcrossNodes(t *testing.T) {
 		t.Errorf("the upstream got parent span %s, want the upstream client span %s", parts[2], up.spanID)
 	}
 
-	// The header's trace: initialize with its session commit, and the
-	// second call.
+	// The header's trace: initialize, the second call, and the cache write
+	// with its raft span.
 	waitFor(t, 20*time.Second, func() error {
 		spans = rcv.trace(headerTrace)
 		init := find(spans, via.id, "initialize", tracepb.Span_SPAN_KIND_SERVER)
 		call := find(spans, via.id, name, tracepb.Span_SPAN_KIND_SERVER)
-		commit := find(spans, via.id, "raft apply session_open", tracepb.Span_SPAN_KIND_INTERNAL)
-		if init == nil || call == nil || commit == nil {
+		set := find(spans, via.id, "tools/call cache_set", tracepb.Span_SPAN_KIND_SERVER)
+		write := find(spans, via.id, "raft apply cache_set", tracepb.Span_SPAN_KIND_INTERNAL)
+		if init == nil || call == nil || set == nil || write == nil {
 			return fmt.Errorf("spans of trace %s so far: %+v", headerTrace, spans)
 		}
 		if init.parentID != headerParent || call.parentID != headerParent {
 			return fmt.Errorf("initialize's parent %s, the call's %s, want %s", init.parentID, call.parentID, headerParent)
 		}
-		if !descends(spans, commit.spanID, init.spanID) {
-			return fmt.Errorf("session commit %+v is not under initialize %s", commit, init.spanID)
+		if !descends(spans, write.spanID, set.spanID) {
+			return fmt.Errorf("cache write %+v is not under its call %s", write, set.spanID)
 		}
 		return nil
 	})

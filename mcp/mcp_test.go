@@ -184,21 +184,44 @@ func TestSessionsOnSoloNode(t *testing.T) {
 	n, s := newSoloNode(t)
 	alice := &sessionManager{s: s.sessions, principal: "alice"}
 	bob := &sessionManager{s: s.sessions, principal: "bob"}
-	id := alice.Generate()
-	if id == "" {
-		t.Fatal("no session id")
+	deadline := time.Now().Add(10 * time.Second)
+	for n.FSM().SessionKey() == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the leader set no session key")
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
-	if _, ok := n.FSM().Session(id); !ok {
-		t.Fatal("session not in the replicated state when its id was handed out")
+	id := alice.Generate()
+	if !strings.HasPrefix(id, sessionIDPrefix) {
+		t.Fatalf("session id %q is not a signed one", id)
 	}
 	if _, err := alice.Validate(id); err != nil {
 		t.Fatalf("owner rejected: %v", err)
 	}
-	if _, err := bob.Validate(id); !errors.Is(err, ErrSessionOwner) {
+	if _, err := bob.Validate(id); !errors.Is(err, ErrSessionOwner) && !errors.Is(err, ErrUnknownSession) {
 		t.Fatalf("other principal: %v", err)
 	}
-	if _, err := alice.Validate("nope"); !errors.Is(err, ErrUnknownSession) {
-		t.Fatalf("unknown id: %v", err)
+	// The tag's first character changed: whole bits of the tag differ.
+	at := strings.LastIndex(id, ".") + 1
+	flip := byte('A')
+	if id[at] == 'A' {
+		flip = 'B'
+	}
+	forged := id[:at] + string(flip) + id[at+1:]
+	for _, bad := range []string{"nope", forged, sessionIDPrefix + "x.y", id + "x"} {
+		if _, err := alice.Validate(bad); !errors.Is(err, ErrUnknownSession) {
+			t.Fatalf("id %q: %v", bad, err)
+		}
+	}
+	// Its use reaches the replicated state with the next flush.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s.sessions.flush(ctx)
+	if sess, ok := n.FSM().Session(id); !ok || sess.Principal != "alice" || sess.Deleted() {
+		t.Fatalf("session after a flush: %+v %v", sess, ok)
+	}
+	if _, err := bob.Validate(id); !errors.Is(err, ErrSessionOwner) {
+		t.Fatalf("other principal, session known: %v", err)
 	}
 	// mcp-go's idle sweeper (no request) only drops local state.
 	sweeper := s.sessions.ResolveSessionIdManager(nil)
@@ -214,8 +237,36 @@ func TestSessionsOnSoloNode(t *testing.T) {
 	if _, err := alice.Validate(id); !errors.Is(err, ErrUnknownSession) {
 		t.Fatalf("deleted session: %v", err)
 	}
-	if _, ok := n.FSM().Session(id); ok {
-		t.Fatal("session still replicated after Terminate")
+	if sess, ok := n.FSM().Session(id); !ok || !sess.Deleted() || n.FSM().Counts().Sessions != 0 {
+		t.Fatalf("after Terminate: %+v %v, %d sessions counted", sess, ok, n.FSM().Counts().Sessions)
+	}
+	// A late use of a deleted session does not bring it back.
+	s.sessions.used(id, "alice", time.Now(), time.Now())
+	s.sessions.flush(ctx)
+	if _, err := alice.Validate(id); !errors.Is(err, ErrUnknownSession) {
+		t.Fatalf("deleted session after a late use: %v", err)
+	}
+	// A session deleted before any node flushed its use is refused too.
+	early := alice.Generate()
+	if _, err := alice.Terminate(early); err != nil {
+		t.Fatal(err)
+	}
+	s.sessions.flush(ctx)
+	if _, err := alice.Validate(early); !errors.Is(err, ErrUnknownSession) {
+		t.Fatalf("session deleted before its flush: %v", err)
+	}
+	// Past the lifetime, or idle past the TTL: expired.
+	key := n.FSM().SessionKey()
+	for name, created := range map[string]time.Time{
+		"past its lifetime": time.Now().Add(-DefaultSessionMaxLifetime - time.Minute),
+		"idle":              time.Now().Add(-DefaultConfig().SessionIdleTTL - 2*time.Second),
+	} {
+		if _, err := alice.Validate(newSignedID(key, created, "alice")); !errors.Is(err, ErrUnknownSession) {
+			t.Fatalf("session %s: %v", name, err)
+		}
+	}
+	if _, err := alice.Validate(newSignedID(key, time.Now().Add(-time.Minute), "alice")); err != nil {
+		t.Fatalf("a session opened a minute ago through another node: %v", err)
 	}
 }
 

@@ -39,6 +39,9 @@ type Cluster interface {
 	Cache
 }
 
+// DefaultSessionMaxLifetime is how long a session lives at most.
+const DefaultSessionMaxLifetime = 24 * time.Hour
+
 // Version is reported to MCP clients as the server version.
 var Version = "0.1.0"
 
@@ -49,6 +52,9 @@ type Config struct {
 	Logger    *slog.Logger
 	// SessionIdleTTL expires sessions not used for this long.
 	SessionIdleTTL time.Duration
+	// SessionMaxLifetime bounds a session's life however much it is used
+	// (a deleted session's tombstone is kept this long at most).
+	SessionMaxLifetime time.Duration
 	// MaxBodyBytes bounds a request body (mcp-go reads bodies without a cap).
 	MaxBodyBytes int64
 	// CallTimeout bounds a tools/call, forwarding included.
@@ -125,12 +131,13 @@ type Stats struct {
 // DefaultConfig returns the defaults; Cluster must be set.
 func DefaultConfig() Config {
 	return Config{
-		SessionIdleTTL: 30 * time.Minute,
-		MaxBodyBytes:   1 << 20,
-		CallTimeout:    5 * time.Second,
-		SyncInterval:   2 * time.Second,
-		MaxConcurrent:  100,
-		MaxQueue:       100,
+		SessionIdleTTL:     30 * time.Minute,
+		SessionMaxLifetime: DefaultSessionMaxLifetime,
+		MaxBodyBytes:       1 << 20,
+		CallTimeout:        5 * time.Second,
+		SyncInterval:       2 * time.Second,
+		MaxConcurrent:      100,
+		MaxQueue:           100,
 	}
 }
 
@@ -266,7 +273,11 @@ func New(cfg Config) (*Server, error) {
 	s.exec = newLimiter(cfg.MaxConcurrent, 0)
 	s.fwd = newForwarder(s.node, cfg.Cluster.DialInternal)
 	s.router = &router{s: s}
-	s.sessions = newSessionStore(cfg.Cluster, cfg.SessionIdleTTL, s.logger)
+	if cfg.SessionMaxLifetime <= 0 {
+		cfg.SessionMaxLifetime = DefaultSessionMaxLifetime
+		s.cfg.SessionMaxLifetime = cfg.SessionMaxLifetime
+	}
+	s.sessions = newSessionStore(cfg.Cluster, cfg.SessionIdleTTL, cfg.SessionMaxLifetime, s.logger)
 	opts := []server.ServerOption{server.WithToolCapabilities(true), server.WithRecovery()}
 	if s.policy != nil {
 		// mcp-go runs a filter on every call it serves: only with a policy.
@@ -280,6 +291,11 @@ func New(cfg Config) (*Server, error) {
 		server.WithStreamableHTTPLogger(s.logger),
 	)
 	go s.syncLoop()
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		s.sessions.run(s.stop)
+	}()
 	if s.auth != nil {
 		s.bg.Add(1)
 		go func() {

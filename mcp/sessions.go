@@ -2,12 +2,17 @@ package mcp
 
 import (
 	"context"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -23,29 +28,98 @@ var (
 	ErrSessionOwner   = errors.New("session belongs to another principal")
 )
 
-// sessionStore keeps MCP sessions in the replicated state, so a session
+// A session id is verifiable by every node without a lookup: it is
+// signed with the cluster's session key (in the replicated state), over
+// its creation time, a random part and the principal that opened it:
+//
+//	s1.<base64url(created unix ms, 8 bytes | random, 12 bytes)>.<base64url(HMAC-SHA256[:16])>
+//
+// Opening a session writes nothing through raft on the request path. What
+// the cluster needs to know later travels lazily: every node batches the
+// sessions opened or used through it into one SessionUses command per
+// flush interval (so idle expiry and the session count see them), and a
+// DELETE commits a tombstone that every node honours until the id's
+// lifetime ends. Ids issued before the key existed (and by older nodes)
+// are plain hex and looked up in the replicated state, as before.
+const sessionIDPrefix = "s1."
+
+// sessionStore opens, checks and deletes MCP sessions so that a session
 // opened on one node is accepted by every node and survives the node that
 // opened it.
 type sessionStore struct {
-	c       Cluster
-	node    string
-	idleTTL time.Duration
-	timeout time.Duration
-	logger  *slog.Logger
+	c           Cluster
+	node        string
+	idleTTL     time.Duration
+	maxLifetime time.Duration
+	flushEvery  time.Duration
+	timeout     time.Duration
+	logger      *slog.Logger
 
 	mu      sync.Mutex
-	touched map[string]time.Time // when this node last replicated a touch
+	lastUse map[string]time.Time  // sessions used through this node: when last
+	flushed map[string]time.Time  // when this node last sent a session's use to the cluster
+	pending map[string]fsm.Session // uses not sent yet
 }
 
-func newSessionStore(c Cluster, idleTTL time.Duration, logger *slog.Logger) *sessionStore {
-	return &sessionStore{c: c, node: c.ID(), idleTTL: idleTTL, timeout: 5 * time.Second, logger: logger, touched: map[string]time.Time{}}
+func newSessionStore(c Cluster, idleTTL, maxLifetime time.Duration, logger *slog.Logger) *sessionStore {
+	flush := time.Second
+	if idleTTL > 0 {
+		flush = min(flush, max(idleTTL/4, 50*time.Millisecond))
+	}
+	return &sessionStore{c: c, node: c.ID(), idleTTL: idleTTL, maxLifetime: maxLifetime, flushEvery: flush,
+		timeout: 5 * time.Second, logger: logger,
+		lastUse: map[string]time.Time{}, flushed: map[string]time.Time{}, pending: map[string]fsm.Session{}}
+}
+
+// signedID is a parsed verifiable session id.
+type signedID struct {
+	created time.Time
+	payload []byte // created | random
+	tag     []byte
+}
+
+func parseSignedID(id string) (signedID, bool) {
+	rest, ok := strings.CutPrefix(id, sessionIDPrefix)
+	if !ok {
+		return signedID{}, false
+	}
+	p, t, ok := strings.Cut(rest, ".")
+	if !ok {
+		return signedID{}, false
+	}
+	payload, err1 := base64.RawURLEncoding.DecodeString(p)
+	tag, err2 := base64.RawURLEncoding.DecodeString(t)
+	if err1 != nil || err2 != nil || len(payload) != 20 || len(tag) != 16 {
+		return signedID{}, false
+	}
+	ms := int64(binary.BigEndian.Uint64(payload[:8]))
+	return signedID{created: time.UnixMilli(ms), payload: payload, tag: tag}, true
+}
+
+// sessionTag is the MAC of a session id's payload and principal.
+func sessionTag(key, payload []byte, principal string) []byte {
+	h := hmac.New(sha256.New, key)
+	h.Write([]byte("mcpcluster session v1\x00"))
+	h.Write(payload)
+	h.Write([]byte{0})
+	h.Write([]byte(principal))
+	return h.Sum(nil)[:16]
+}
+
+// newSignedID returns a fresh session id of principal, created now.
+func newSignedID(key []byte, now time.Time, principal string) string {
+	payload := make([]byte, 20)
+	binary.BigEndian.PutUint64(payload[:8], uint64(now.UnixMilli()))
+	_, _ = rand.Read(payload[8:])
+	return sessionIDPrefix + base64.RawURLEncoding.EncodeToString(payload) + "." +
+		base64.RawURLEncoding.EncodeToString(sessionTag(key, payload, principal))
 }
 
 // ResolveSessionIdManager binds the request's principal to the manager.
 // mcp-go passes a nil request from its idle sweeper: that manager only
 // lets mcp-go drop this node's local state, because a session idle here may
-// be in use on another node; the leader expires sessions cluster-wide from
-// their replicated last use.
+// be in use on another node; sessions expire cluster-wide from their
+// replicated last use.
 func (s *sessionStore) ResolveSessionIdManager(r *http.Request) server.SessionIdManager {
 	m := &sessionManager{s: s, local: r == nil}
 	if r != nil {
@@ -77,11 +151,19 @@ func (m *sessionManager) context() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, m.s.timeout)
 }
 
-// Generate opens a session and returns its id once the cluster has
-// committed it, so that the client may use it on any node right away.
-// When the cluster cannot commit, no id is issued and the client carries
-// on without a session (every node serves session-less requests).
+// Generate opens a session. With the cluster's session key it returns a
+// signed id at once: any node accepts it, and its use reaches the
+// replicated state with this node's next flush. Before the leader has set
+// the key, the session is committed through raft first, so the client may
+// use it on any node right away; when the cluster cannot commit, no id is
+// issued and the client carries on without a session.
 func (m *sessionManager) Generate() string {
+	now := time.Now()
+	if key := m.s.c.FSM().SessionKey(); key != nil {
+		id := newSignedID(key, now, m.principal)
+		m.s.used(id, m.principal, now, now)
+		return id
+	}
 	var b [16]byte
 	_, _ = rand.Read(b[:])
 	id := hex.EncodeToString(b[:])
@@ -94,50 +176,175 @@ func (m *sessionManager) Generate() string {
 		m.s.logger.Warn("session not replicated; serving the client without a session", "error", err)
 		return ""
 	}
-	m.s.markTouched(id, time.Now())
+	m.s.mu.Lock()
+	m.s.lastUse[id], m.s.flushed[id] = now, now
+	m.s.mu.Unlock()
 	return id
 }
 
-// Validate accepts a session known to the replicated state and owned by
-// the request's principal. A session this node has not applied yet is
-// looked up again after catching up with the leader, before a 404.
+// Validate accepts a session of the request's principal that is neither
+// deleted nor expired. A signed id is checked with the session key and
+// the tombstones; a plain one is looked up in the replicated state, after
+// catching up with the leader when this node has not applied it yet.
 func (m *sessionManager) Validate(id string) (bool, error) {
 	if id == "" {
 		return false, nil // a client that was given no session
 	}
+	now := time.Now()
+	if sid, ok := parseSignedID(id); ok {
+		if err := m.s.check(id, sid, m.principal, now); err != nil {
+			return false, err
+		}
+		m.s.used(id, m.principal, sid.created, now)
+		return false, nil
+	}
 	sess, ok := m.s.c.FSM().Session(id)
-	if !ok {
+	if !ok || sess.Deleted() {
 		ctx, cancel := m.context()
 		_, err := m.s.c.ReadBarrier(ctx, cluster.Default)
 		cancel()
 		if err != nil {
 			return false, fmt.Errorf("look up session: %w", err)
 		}
-		if sess, ok = m.s.c.FSM().Session(id); !ok {
+		if sess, ok = m.s.c.FSM().Session(id); !ok || sess.Deleted() {
 			return false, ErrUnknownSession
 		}
 	}
 	if sess.Principal != m.principal {
 		return false, ErrSessionOwner
 	}
-	m.s.touch(id)
+	m.s.used(id, m.principal, time.Unix(0, sess.CreatedAt), now)
 	return false, nil
 }
 
-// Terminate deletes the session cluster-wide (DELETE /mcp).
+// check decides a signed session id of principal at now.
+func (s *sessionStore) check(id string, sid signedID, principal string, now time.Time) error {
+	key := s.c.FSM().SessionKey()
+	if key == nil {
+		return ErrUnknownSession
+	}
+	if !hmac.Equal(sid.tag, sessionTag(key, sid.payload, principal)) {
+		// Signed for another principal, or not by this cluster.
+		if sess, ok := s.c.FSM().Session(id); ok && !sess.Deleted() && sess.Principal != principal {
+			return ErrSessionOwner
+		}
+		return ErrUnknownSession
+	}
+	if s.maxLifetime > 0 && now.Sub(sid.created) >= s.maxLifetime {
+		return ErrUnknownSession
+	}
+	last := sid.created
+	if sess, ok := s.c.FSM().Session(id); ok {
+		if sess.Deleted() {
+			return ErrUnknownSession
+		}
+		last = maxTime(last, time.Unix(0, sess.LastSeen))
+	}
+	s.mu.Lock()
+	last = maxTime(last, s.lastUse[id])
+	s.mu.Unlock()
+	// A use through another node reaches the state within its flush
+	// interval: that much grace before calling the session idle.
+	if s.idleTTL > 0 && now.Sub(last) >= s.idleTTL+s.flushEvery {
+		return ErrUnknownSession
+	}
+	return nil
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+// used records a use of session id through this node; it goes to the
+// cluster with the next flush when the cluster has not heard of the
+// session from this node for a quarter of the idle TTL.
+func (s *sessionStore) used(id, principal string, created, now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.lastUse[id] = now
+	if last, ok := s.flushed[id]; ok && (s.idleTTL <= 0 || now.Sub(last) < s.idleTTL/4) {
+		return
+	}
+	s.flushed[id] = now
+	s.pending[id] = fsm.Session{ID: id, Principal: principal, Node: s.node, CreatedAt: created.UnixNano(), LastSeen: now.UnixNano()}
+}
+
+// maxUsesPerCommand bounds one SessionUses command.
+const maxUsesPerCommand = 2000
+
+// flush sends the pending uses to the cluster, a few commands at most;
+// what fails is kept for the next flush.
+func (s *sessionStore) flush(ctx context.Context) {
+	s.mu.Lock()
+	if len(s.pending) == 0 {
+		s.mu.Unlock()
+		return
+	}
+	uses := make([]fsm.Session, 0, len(s.pending))
+	for _, u := range s.pending {
+		uses = append(uses, u)
+	}
+	clear(s.pending)
+	s.mu.Unlock()
+	for len(uses) > 0 {
+		batch := uses[:min(len(uses), maxUsesPerCommand)]
+		if _, err := s.c.Apply(ctx, &fsm.Command{Type: fsm.TypeSessionUses, Sessions: batch}); err != nil {
+			s.logger.Debug("session uses not replicated; retrying with the next flush", "sessions", len(uses), "error", err)
+			s.mu.Lock()
+			for _, u := range uses {
+				if _, newer := s.pending[u.ID]; !newer {
+					s.pending[u.ID] = u
+				}
+			}
+			s.mu.Unlock()
+			return
+		}
+		uses = uses[len(batch):]
+	}
+}
+
+// run flushes every flushEvery until stop, then once more.
+func (s *sessionStore) run(stop <-chan struct{}) {
+	t := time.NewTicker(s.flushEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			s.flush(ctx)
+			cancel()
+			return
+		case <-t.C:
+			ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+			s.flush(ctx)
+			cancel()
+		}
+	}
+}
+
+// Terminate deletes the session cluster-wide (DELETE /mcp): a signed id
+// gets a tombstone until its lifetime ends.
 func (m *sessionManager) Terminate(id string) (bool, error) {
 	if m.local {
-		m.s.mu.Lock()
-		delete(m.s.touched, id)
-		m.s.mu.Unlock()
 		return false, nil
 	}
 	if _, err := m.Validate(id); err != nil {
 		return false, err
 	}
+	cmd := &fsm.Command{Type: fsm.TypeSessionDelete, SessionID: id}
+	if sid, ok := parseSignedID(id); ok {
+		lifetime := m.s.maxLifetime
+		if lifetime <= 0 {
+			lifetime = DefaultSessionMaxLifetime
+		}
+		cmd.Until = sid.created.Add(lifetime).UnixNano()
+	}
 	ctx, cancel := m.context()
 	defer cancel()
-	res, err := m.s.c.Apply(ctx, &fsm.Command{Type: fsm.TypeSessionDelete, SessionID: id})
+	res, err := m.s.c.Apply(ctx, cmd)
 	if err != nil {
 		return false, fmt.Errorf("delete session: %w", err)
 	}
@@ -150,50 +357,27 @@ func (m *sessionManager) Terminate(id string) (bool, error) {
 		return false, fmt.Errorf("wait for session delete: %w", err)
 	}
 	m.s.mu.Lock()
-	delete(m.s.touched, id)
+	delete(m.s.lastUse, id)
+	delete(m.s.flushed, id)
+	delete(m.s.pending, id)
 	m.s.mu.Unlock()
 	return false, nil
 }
 
-func (s *sessionStore) markTouched(id string, at time.Time) {
-	s.mu.Lock()
-	s.touched[id] = at
-	s.mu.Unlock()
-}
-
-// touch replicates that the session is in use, at most once a quarter of
-// the idle TTL per session and node, in the background.
-func (s *sessionStore) touch(id string) {
-	if s.idleTTL <= 0 {
-		return
-	}
+// forget drops this node's bookkeeping of sessions idle past their TTL or
+// gone from the replicated state.
+func (s *sessionStore) forget() {
 	now := time.Now()
 	s.mu.Lock()
-	last, ok := s.touched[id]
-	due := !ok || now.Sub(last) >= s.idleTTL/4
-	if due {
-		s.touched[id] = now
-	}
-	s.mu.Unlock()
-	if !due {
-		return
-	}
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
-		defer cancel()
-		if _, err := s.c.Apply(ctx, &fsm.Command{Type: fsm.TypeSessionTouch, SessionID: id}); err != nil {
-			s.logger.Debug("session touch not replicated", "error", err)
-		}
-	}()
-}
-
-// forget drops local bookkeeping of sessions that no longer exist.
-func (s *sessionStore) forget() {
-	s.mu.Lock()
 	defer s.mu.Unlock()
-	for id := range s.touched {
-		if _, ok := s.c.FSM().Session(id); !ok {
-			delete(s.touched, id)
+	for id, last := range s.lastUse {
+		if _, pending := s.pending[id]; pending {
+			continue
+		}
+		idle := s.idleTTL > 0 && now.Sub(last) >= s.idleTTL+s.flushEvery
+		if sess, ok := s.c.FSM().Session(id); idle || (ok && sess.Deleted()) || (!ok && !strings.HasPrefix(id, sessionIDPrefix)) {
+			delete(s.lastUse, id)
+			delete(s.flushed, id)
 		}
 	}
 }

@@ -53,7 +53,7 @@ func spanAttr(sp sdktrace.ReadOnlySpan, key string) (string, bool) {
 // TestOperationErrorTypes: every request's server span and operation carry
 // error.type as the conventions say: nothing on success, tool_error for an
 // error result, the JSON-RPC code of an error response, the HTTP status of
-// a refusal. A session commit is a child raft span.
+// a refusal. A cache write is a child raft span.
 func TestOperationErrorTypes(t *testing.T) {
 	rec := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
@@ -65,7 +65,7 @@ func TestOperationErrorTypes(t *testing.T) {
 		},
 	}
 	_, s := newSoloNodeConfig(t, func(n *cluster.Node) []ProviderSpec {
-		return []ProviderSpec{{Provider: NewStatic(BuiltinName, append(BuiltinTools(nil), failing)...)}}
+		return []ProviderSpec{{Provider: NewStatic(BuiltinName, append(append(BuiltinTools(nil), CacheTools(n)...), failing)...)}}
 	}, func(c *Config) {
 		c.TracerProvider = tp
 		c.Observer = ops
@@ -81,6 +81,9 @@ func TestOperationErrorTypes(t *testing.T) {
 	}
 	if res := callTool(t, alice, "fails", nil); !res.IsError {
 		t.Fatalf("fails: %+v", res)
+	}
+	if res := callTool(t, alice, "cache_set", map[string]any{"key": "k", "value": "v"}); res.IsError {
+		t.Fatalf("cache_set: %+v", res)
 	}
 	auth := map[string]string{"Authorization": "Bearer alice-token-0123456789"}
 	_, body := post(t, url, auth, `{"jsonrpc":"2.0","id":"u1","method":"tools/call","params":{"name":"nosuch","arguments":{}}}`)
@@ -99,13 +102,13 @@ func TestOperationErrorTypes(t *testing.T) {
 	want := map[string]string{"echo": "", "fails": "tool_error", "nosuch": "", "echo-bob": "403"}
 	want["nosuch"] = strconv.Itoa(unknown.Error.Code)
 	got := map[string]string{}
-	var sessionCommit, initSpan sdktrace.ReadOnlySpan
+	var cacheWrite, setSpan sdktrace.ReadOnlySpan
 	for _, sp := range rec.Ended() {
 		switch {
-		case sp.Name() == "initialize" && sp.SpanKind() == trace.SpanKindServer:
-			initSpan = sp
-		case sp.Name() == "raft apply session_open":
-			sessionCommit = sp
+		case sp.Name() == "tools/call cache_set":
+			setSpan = sp
+		case sp.Name() == "raft apply cache_set":
+			cacheWrite = sp
 		case strings.HasPrefix(sp.Name(), "tools/call "):
 			tool, _ := spanAttr(sp, attrToolName)
 			id, _ := spanAttr(sp, attrRequestID)
@@ -124,8 +127,8 @@ func TestOperationErrorTypes(t *testing.T) {
 			t.Errorf("span of %s: error.type %q (seen %v), want %q", tool, g, ok, et)
 		}
 	}
-	if initSpan == nil || sessionCommit == nil || sessionCommit.Parent().SpanID() != initSpan.SpanContext().SpanID() {
-		t.Errorf("the session commit is not a child of initialize: %v %v", initSpan, sessionCommit)
+	if setSpan == nil || cacheWrite == nil || cacheWrite.Parent().SpanID() != setSpan.SpanContext().SpanID() {
+		t.Errorf("the cache write is not a child of its call: %v %v", setSpan, cacheWrite)
 	}
 	// Operations: tool names only for catalog tools.
 	seen := strings.Join(ops.list(), "\n")

@@ -100,6 +100,7 @@ func NewAgent(cfg AgentConfig, logger *slog.Logger) (_ *Agent, err error) {
 	nc.RaftLeaderLeaseTimeout = min(cfg.RaftHeartbeat/2, 500*time.Millisecond)
 	nc.SnapshotThreshold = cfg.SnapshotEvery
 	nc.SessionIdleTTL = cfg.SessionIdleTTL
+	nc.SessionMaxLifetime = cfg.SessionMaxLifetime
 	nc.Capacity = cfg.MaxConcurrent
 	nc.TLSCAFile = cfg.TLSCAFile
 	nc.TLSCertFile = cfg.TLSCertFile
@@ -125,6 +126,7 @@ func NewAgent(cfg AgentConfig, logger *slog.Logger) (_ *Agent, err error) {
 	mc.Logger = logger
 	mc.CallTimeout = cfg.CallTimeout
 	mc.SessionIdleTTL = cfg.SessionIdleTTL
+	mc.SessionMaxLifetime = cfg.SessionMaxLifetime
 	mc.MaxBodyBytes = cfg.MaxBodyBytes
 	mc.Tokens = cfg.AuthTokens
 	mc.MaxConcurrent = cfg.MaxConcurrent

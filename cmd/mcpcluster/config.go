@@ -56,10 +56,12 @@ type AgentConfig struct {
 	SnapshotEvery    uint64        `yaml:"snapshot_threshold"`
 	CallTimeout      time.Duration `yaml:"call_timeout"`
 	SessionIdleTTL   time.Duration `yaml:"session_idle_ttl"`
-	MaxBodyBytes     int64         `yaml:"max_body_bytes"`
-	MaxConcurrent    int           `yaml:"max_concurrent"`
-	MaxQueue         int           `yaml:"max_queue"`
-	DrainGrace       time.Duration `yaml:"drain_grace"`
+	// SessionMaxLifetime bounds a session's life however much it is used.
+	SessionMaxLifetime time.Duration `yaml:"session_max_lifetime"`
+	MaxBodyBytes       int64         `yaml:"max_body_bytes"`
+	MaxConcurrent      int           `yaml:"max_concurrent"`
+	MaxQueue           int           `yaml:"max_queue"`
+	DrainGrace         time.Duration `yaml:"drain_grace"`
 	// ToolTimeouts overrides call_timeout per tool (config file only).
 	ToolTimeouts    map[string]time.Duration `yaml:"tool_timeouts"`
 	CacheMaxEntries int                      `yaml:"cache_max_entries"`
@@ -370,29 +372,30 @@ type ProviderConfig struct {
 
 func defaultAgentConfig() AgentConfig {
 	return AgentConfig{
-		HTTPAddr:        "127.0.0.1:8700",
-		RPCAddr:         "127.0.0.1:8701",
-		GossipAddr:      "127.0.0.1:8702",
-		GossipProfile:   "lan",
-		LogLevel:        "info",
-		LogFormat:       "text",
-		DeadServerTime:  30 * time.Second,
-		Stabilization:   cluster.DefaultServerStabilizationTime,
-		MaxVoters:       cluster.DefaultMaxVoters,
-		MaxConcurrent:   mcp.DefaultConfig().MaxConcurrent,
-		MaxQueue:        mcp.DefaultConfig().MaxQueue,
-		Voter:           true,
-		ReconcileEvery:  5 * time.Second,
-		RaftHeartbeat:   time.Second,
-		RaftElection:    time.Second,
-		SnapshotEvery:   8192,
-		CallTimeout:     5 * time.Second,
-		SessionIdleTTL:  30 * time.Minute,
-		MaxBodyBytes:    1 << 20,
-		CacheMaxEntries: 1_000_000,
-		CacheMaxBytes:   256 << 20,
-		CacheMaxKey:     512,
-		CacheMaxValue:   1 << 20,
+		HTTPAddr:           "127.0.0.1:8700",
+		RPCAddr:            "127.0.0.1:8701",
+		GossipAddr:         "127.0.0.1:8702",
+		GossipProfile:      "lan",
+		LogLevel:           "info",
+		LogFormat:          "text",
+		DeadServerTime:     30 * time.Second,
+		Stabilization:      cluster.DefaultServerStabilizationTime,
+		MaxVoters:          cluster.DefaultMaxVoters,
+		MaxConcurrent:      mcp.DefaultConfig().MaxConcurrent,
+		MaxQueue:           mcp.DefaultConfig().MaxQueue,
+		Voter:              true,
+		ReconcileEvery:     5 * time.Second,
+		RaftHeartbeat:      time.Second,
+		RaftElection:       time.Second,
+		SnapshotEvery:      8192,
+		CallTimeout:        5 * time.Second,
+		SessionIdleTTL:     30 * time.Minute,
+		SessionMaxLifetime: mcp.DefaultSessionMaxLifetime,
+		MaxBodyBytes:       1 << 20,
+		CacheMaxEntries:    1_000_000,
+		CacheMaxBytes:      256 << 20,
+		CacheMaxKey:        512,
+		CacheMaxValue:      1 << 20,
 
 		RPCMaxConnsPerIP: cluster.DefaultMaxConnsPerIP,
 	}
@@ -493,6 +496,7 @@ var agentOptions = []option{
 	{name: "raft-election-timeout", usage: "raft election timeout", set: dur(func(c *AgentConfig) *time.Duration { return &c.RaftElection })},
 	{name: "call-timeout", usage: "how long a tools/call may take, forwarding included", set: dur(func(c *AgentConfig) *time.Duration { return &c.CallTimeout })},
 	{name: "session-idle-ttl", usage: "MCP sessions unused this long expire on every node", set: dur(func(c *AgentConfig) *time.Duration { return &c.SessionIdleTTL })},
+	{name: "session-max-lifetime", usage: "MCP sessions end this long after they were opened, however much they are used (a client then opens a new one)", set: dur(func(c *AgentConfig) *time.Duration { return &c.SessionMaxLifetime })},
 	{name: "max-body-bytes", usage: "largest MCP request body accepted", set: positive(func(c *AgentConfig) *int64 { return &c.MaxBodyBytes })},
 	{name: "max-concurrent", usage: "tools/call requests run at once through this node (and forwarded calls run here)", set: positive(func(c *AgentConfig) *int { return &c.MaxConcurrent })},
 	{name: "max-queue", usage: "tools/call requests that may wait for a slot; beyond it HTTP 429", set: func(c *AgentConfig, v string) error {
@@ -681,6 +685,9 @@ func (c *AgentConfig) validate() error {
 	}
 	if c.GossipProfile != "lan" && c.GossipProfile != "local" {
 		return fmt.Errorf("-gossip-profile %q: want lan or local", c.GossipProfile)
+	}
+	if c.SessionMaxLifetime <= 0 {
+		return fmt.Errorf("-session-max-lifetime %s: want a positive duration", c.SessionMaxLifetime)
 	}
 	for tool, d := range c.ToolTimeouts {
 		if d <= 0 {
