@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"bytes"
 	"fmt"
 	"math/rand"
 	"reflect"
@@ -207,6 +208,41 @@ func TestApply(t *testing.T) {
 			},
 		},
 		{
+			name: "session key, lazy uses, tombstones",
+			steps: []step{
+				{cmd: Command{Type: TypeSessionKey, Value: bytes.Repeat([]byte{1}, SessionKeySize)}},
+				{cmd: Command{Type: TypeSessionKey, Value: bytes.Repeat([]byte{2}, SessionKeySize)}, want: Result{Code: CodeConflict}},
+				{cmd: Command{Type: TypeSessionUses, Sessions: []Session{
+					{ID: "u1", Principal: "p", CreatedAt: 100, LastSeen: 100},
+					{ID: "u2", Principal: "p", CreatedAt: 100, LastSeen: 110},
+					{ID: "u3", Principal: "q", CreatedAt: 100, LastSeen: 100},
+				}}},
+				// A use reported late (older) keeps the newer one.
+				{cmd: Command{Type: TypeSessionUses, Sessions: []Session{{ID: "u2", Principal: "p", CreatedAt: 100, LastSeen: 105}}}},
+				// Deleted: a tombstone until the id's lifetime ends, even for
+				// an id whose uses never arrived.
+				{cmd: Command{Type: TypeSessionDelete, SessionID: "u1", Until: 1000}, want: Result{Removed: 1}},
+				{cmd: Command{Type: TypeSessionDelete, SessionID: "never-seen", Until: 1000}},
+				{cmd: Command{Type: TypeSessionDelete, SessionID: "u1", Until: 1000}, want: Result{Code: CodeNotFound}},
+				// A late use of a deleted session does not bring it back.
+				{cmd: Command{Type: TypeSessionUses, Sessions: []Session{{ID: "u1", Principal: "p", CreatedAt: 100, LastSeen: 200}}}},
+				// Idle: u3 becomes a tombstone until CreatedAt+Until; u2 (used
+				// at 110) too. Tombstones are not idle sessions.
+				{cmd: Command{Type: TypeSessionExpire, Now: 150, IdleTTL: 45, Until: 500}, want: Result{Removed: 1}},
+				{cmd: Command{Type: TypeSessionExpire, Now: 160, IdleTTL: 45, Until: 500}, want: Result{Removed: 1}},
+				// Past their ends the tombstones go, without counting as sessions.
+				{cmd: Command{Type: TypeSessionExpire, Now: 1000, IdleTTL: 45, Until: 500}},
+			},
+			check: func(t *testing.T, f *FSM) {
+				if got := f.SessionKey(); !bytes.Equal(got, bytes.Repeat([]byte{1}, SessionKeySize)) {
+					t.Errorf("SessionKey() = %x: the first key must stay", got)
+				}
+				if got := f.Sessions(); len(got) != 0 || f.Counts().Sessions != 0 {
+					t.Errorf("Sessions() = %+v, %d counted", got, f.Counts().Sessions)
+				}
+			},
+		},
+		{
 			name: "cache set and CAS",
 			steps: []step{
 				{cmd: set("k", "v1", 0, 0, nil), want: Result{Version: 1}},
@@ -382,7 +418,7 @@ func randomCommands(seed int64, n int) []*Command {
 	cmds := make([]*Command, n)
 	for i := range cmds {
 		now := int64(i * 10)
-		c := &Command{Type: Type(rng.Intn(int(TypeCacheExpire)) + 1), Now: now}
+		c := &Command{Type: Type(rng.Intn(int(TypeSessionUses)) + 1), Now: now}
 		if rng.Intn(4) == 0 {
 			c.RequestID = pick("rid", 50)
 		}
@@ -403,8 +439,21 @@ func randomCommands(seed int64, n int) []*Command {
 			c.Session = &Session{ID: pick("s", 20)}
 		case TypeSessionTouch, TypeSessionDelete:
 			c.SessionID = pick("s", 20)
+			if c.Type == TypeSessionDelete && rng.Intn(2) == 0 {
+				c.Until = now + int64(rng.Intn(300))
+			}
 		case TypeSessionExpire:
 			c.IdleTTL, c.Limit = int64(rng.Intn(200)+1), rng.Intn(3)
+			if rng.Intn(2) == 0 {
+				c.Until = int64(rng.Intn(400))
+			}
+		case TypeSessionKey:
+			c.Value = bytes.Repeat([]byte(pick("k", 3)[1:]), SessionKeySize)
+		case TypeSessionUses:
+			for range rng.Intn(3) + 1 {
+				at := now - int64(rng.Intn(50))
+				c.Sessions = append(c.Sessions, Session{ID: pick("s", 20), Principal: pick("p", 2), CreatedAt: at - 5, LastSeen: at})
+			}
 		case TypeCacheSet, TypeCacheDelete:
 			c.Key = pick("k", 30)
 			c.Value = []byte(pick("v", 1000))

@@ -63,6 +63,9 @@ func populate(tb testing.TB, nCache int) *testFSM {
 	f.apply(&Command{Type: TypeAssign, Assignment: &Assignment{Provider: "empty"}})
 	f.apply(&Command{Type: TypeSessionOpen, Now: 5, Session: &Session{ID: "s2", Principal: "bob", Node: "n1"}})
 	f.apply(&Command{Type: TypeSessionOpen, Now: 6, Session: &Session{ID: "s1", ProtocolVersion: "2025-11-25"}})
+	f.apply(&Command{Type: TypeSessionKey, Value: bytes.Repeat([]byte{7}, SessionKeySize)})
+	f.apply(&Command{Type: TypeSessionUses, Sessions: []Session{{ID: "s3", Principal: "carol", CreatedAt: 6, LastSeen: 8}}})
+	f.apply(&Command{Type: TypeSessionDelete, SessionID: "s4", Until: 1 << 40})
 	f.apply(&Command{Type: TypeCacheSet, Key: "empty", Now: 7})
 	for i := 0; i < nCache; i++ {
 		c := &Command{Type: TypeCacheSet, Key: fmt.Sprintf("k/%06d", nCache-i), Value: bytes.Repeat([]byte{byte(i)}, 100)}
@@ -126,8 +129,14 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	if a, b := readAll(src.FSM), readAll(dst); !reflect.DeepEqual(a, b) {
 		t.Fatal("reads differ after restore")
 	}
-	if got := dst.Counts(); got.CacheEntries != 3001 || got.Nodes != 2 || got.Sessions != 2 {
-		t.Fatalf("Counts() = %+v", got)
+	if got := dst.Counts(); got.CacheEntries != 3001 || got.Nodes != 2 || got.Sessions != 3 {
+		t.Fatalf("Counts() = %+v (the tombstone is no session)", got)
+	}
+	if !bytes.Equal(dst.SessionKey(), src.SessionKey()) || dst.SessionKey() == nil {
+		t.Fatal("the session key did not travel with the snapshot")
+	}
+	if s4, ok := dst.Session("s4"); !ok || !s4.Deleted() {
+		t.Fatalf("tombstone after restore: %+v %v", s4, ok)
 	}
 
 	// The dedupe table travels with the snapshot.
