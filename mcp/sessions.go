@@ -306,8 +306,18 @@ func (s *sessionStore) flush(ctx context.Context) {
 	}
 }
 
-// run flushes every flushEvery until stop, then once more.
+// run flushes every flushEvery until stop, then once more, for a second
+// at most (without a quorum a flush waits: stop cuts it short).
 func (s *sessionStore) run(stop <-chan struct{}) {
+	stopped, cancelAll := context.WithCancel(context.Background())
+	defer cancelAll()
+	go func() {
+		select {
+		case <-stop:
+			cancelAll()
+		case <-stopped.Done():
+		}
+	}()
 	t := time.NewTicker(s.flushEvery)
 	defer t.Stop()
 	for {
@@ -318,7 +328,7 @@ func (s *sessionStore) run(stop <-chan struct{}) {
 			cancel()
 			return
 		case <-t.C:
-			ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+			ctx, cancel := context.WithTimeout(stopped, s.timeout)
 			s.flush(ctx)
 			cancel()
 		}
