@@ -175,6 +175,15 @@ func TestSnapshotSaveRestore(t *testing.T) {
 	if _, _, err := callTool(ctx, cl, "pinned_echo", map[string]any{"text": "before the snapshot"}); err != nil {
 		t.Fatal(err)
 	}
+	// The session reaches the replicated state with its node's next flush.
+	waitFor(t, 10*time.Second, func() error {
+		for _, nd := range a.nodes {
+			if st, err := nd.status(); err != nil || st.FSM.Sessions != 1 {
+				return fmt.Errorf("%s: %+v %v", nd.id, st.FSM, err)
+			}
+		}
+		return nil
+	})
 
 	dir := t.TempDir()
 	file := filepath.Join(dir, "a.snap")
