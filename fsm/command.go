@@ -74,7 +74,7 @@ type Command struct {
 	Session    *Session    `json:"session,omitempty"`    // SessionOpen (required, ID non-empty)
 	SessionID  string      `json:"session_id,omitempty"` // SessionTouch, SessionDelete (required)
 	Until      int64       `json:"until,omitempty"`      // SessionDelete: keep a tombstone until then (unix ns), 0 = none; SessionExpire: an idle session becomes a tombstone until CreatedAt+Until (ns), 0 = removed
-	Sessions   []Session   `json:"sessions,omitempty"`   // SessionUses: sessions opened or used, stamped by the proposer (each ID non-empty)
+	Sessions   []Session   `json:"sessions,omitempty"`   // SessionUses: sessions opened or used, stamped by the proposer (each ID non-empty); SessionDelete (instead of SessionID): tombstones, each with ID and DeletedUntil
 	IdleTTL    int64       `json:"idle_ttl,omitempty"`   // SessionExpire: remove sessions with LastSeen+IdleTTL <= Now (required > 0)
 	Key        string      `json:"key,omitempty"`        // CacheSet, CacheDelete (required non-empty)
 	Value      []byte      `json:"value,omitempty"`      // CacheSet; SessionKey: the key (32 bytes)
@@ -224,9 +224,18 @@ func (c *Command) validate() error {
 		if c.Session == nil || c.Session.ID == "" {
 			return errors.New("missing session id")
 		}
-	case TypeSessionTouch, TypeSessionDelete:
+	case TypeSessionTouch:
 		if c.SessionID == "" {
 			return errors.New("missing session_id")
+		}
+	case TypeSessionDelete:
+		if (c.SessionID == "") == (len(c.Sessions) == 0) {
+			return errors.New("want session_id or sessions")
+		}
+		for i, s := range c.Sessions {
+			if s.ID == "" || s.DeletedUntil == 0 {
+				return fmt.Errorf("session %d: missing id or deleted_until", i)
+			}
 		}
 	case TypeSessionExpire:
 		if c.IdleTTL <= 0 {

@@ -163,6 +163,20 @@ func (s *state) apply(index uint64, c *Command) (*Result, bool) {
 			r.Code = CodeNotFound
 		}
 	case TypeSessionDelete:
+		if len(c.Sessions) > 0 {
+			// A batch of tombstones: deleted whether or not their uses
+			// reached the state.
+			for _, d := range c.Sessions {
+				if ss, ok := s.sessions[d.ID]; ok && ss.Deleted() {
+					continue
+				} else if ok {
+					r.Removed++
+				}
+				s.sessions[d.ID] = Session{ID: d.ID, DeletedUntil: d.DeletedUntil}
+				s.tombstones++
+			}
+			break
+		}
 		ss, ok := s.sessions[c.SessionID]
 		switch {
 		case ok && ss.Deleted():

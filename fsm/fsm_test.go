@@ -243,6 +243,20 @@ func TestApply(t *testing.T) {
 			},
 		},
 		{
+			name: "session tombstones in a batch",
+			steps: []step{
+				{cmd: Command{Type: TypeSessionUses, Sessions: []Session{{ID: "b1", Principal: "p", CreatedAt: 1, LastSeen: 2}}}},
+				{cmd: Command{Type: TypeSessionDelete, Sessions: []Session{{ID: "b1", DeletedUntil: 90}, {ID: "b2", DeletedUntil: 80}}}, want: Result{Removed: 1}},
+				{cmd: Command{Type: TypeSessionDelete, Sessions: []Session{{ID: "b2", DeletedUntil: 95}}}},
+				{cmd: Command{Type: TypeSessionExpire, Now: 85, IdleTTL: 1000}},
+			},
+			check: func(t *testing.T, f *FSM) {
+				if got := f.Sessions(); len(got) != 1 || got[0].ID != "b1" || !got[0].Deleted() || f.Counts().Sessions != 0 {
+					t.Errorf("Sessions() = %+v, %d counted", got, f.Counts().Sessions)
+				}
+			},
+		},
+		{
 			name: "cache set and CAS",
 			steps: []step{
 				{cmd: set("k", "v1", 0, 0, nil), want: Result{Version: 1}},
@@ -441,6 +455,9 @@ func randomCommands(seed int64, n int) []*Command {
 			c.SessionID = pick("s", 20)
 			if c.Type == TypeSessionDelete && rng.Intn(2) == 0 {
 				c.Until = now + int64(rng.Intn(300))
+			}
+			if c.Type == TypeSessionDelete && rng.Intn(3) == 0 {
+				c.SessionID, c.Sessions = "", []Session{{ID: pick("s", 20), DeletedUntil: now + 100}, {ID: pick("s", 20), DeletedUntil: now + 200}}
 			}
 		case TypeSessionExpire:
 			c.IdleTTL, c.Limit = int64(rng.Intn(200)+1), rng.Intn(3)

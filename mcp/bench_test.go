@@ -189,3 +189,57 @@ func BenchmarkTracing(b *testing.B) {
 		b.Fatal("no spans reached the collector")
 	}
 }
+
+// BenchmarkSessionSetup opens and closes sessions (initialize, then
+// DELETE), 8 at a time, on a bare mcp-go server and through a one-node
+// cluster, so the ratio shows what a session costs the front door.
+//
+//	go test -run '^$' -bench SessionSetup -benchtime 5000x ./mcp/
+func BenchmarkSessionSetup(b *testing.B) {
+	bare := server.NewMCPServer("bare", "1", server.WithToolCapabilities(true))
+	bare.AddTools(BuiltinTools(nil)...)
+	bareURL := serve(b, server.NewStreamableHTTPServer(bare))
+	n, s := newSoloNode(b)
+	deadline := time.Now().Add(10 * time.Second)
+	for n.FSM().SessionKey() == nil && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/mcp", s.Handler())
+	nodeURL := serve(b, mux)
+	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	for name, url := range map[string]string{"bare": bareURL, "node": nodeURL} {
+		b.Run(name, func(b *testing.B) {
+			var next, failed atomic.Int64
+			var wg sync.WaitGroup
+			for range 8 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for next.Add(1) <= int64(b.N) {
+						tr, err := transport.NewStreamableHTTP(url, transport.WithHTTPBasicClient(hc))
+						if err != nil {
+							failed.Add(1)
+							continue
+						}
+						c := client.NewClient(tr, client.WithProtocolVersion(mcplib.ProtocolVersion20251125))
+						ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+						init := mcplib.InitializeRequest{}
+						init.Params.ProtocolVersion = mcplib.ProtocolVersion20251125
+						if err := c.Start(ctx); err != nil {
+							failed.Add(1)
+						} else if _, err := c.Initialize(ctx, init); err != nil {
+							failed.Add(1)
+						}
+						c.Close()
+						cancel()
+					}
+				}()
+			}
+			wg.Wait()
+			if f := failed.Load(); f > 0 {
+				b.Fatalf("%d sessions failed", f)
+			}
+		})
+	}
+}

@@ -28,6 +28,8 @@ type Cluster interface {
 	FSM() *fsm.FSM
 	Apply(ctx context.Context, cmd *fsm.Command) (*fsm.Result, error)
 	ReadBarrier(ctx context.Context, level cluster.Consistency) (cluster.ReadInfo, error)
+	// WaitApplied waits until this node has applied the log up to idx.
+	WaitApplied(ctx context.Context, idx uint64) error
 	Members() []membership.Member
 	// ReportUnreachable tells the leader a node refused a connection.
 	ReportUnreachable(id string)
@@ -277,7 +279,7 @@ func New(cfg Config) (*Server, error) {
 		cfg.SessionMaxLifetime = DefaultSessionMaxLifetime
 		s.cfg.SessionMaxLifetime = cfg.SessionMaxLifetime
 	}
-	s.sessions = newSessionStore(cfg.Cluster, cfg.SessionIdleTTL, cfg.SessionMaxLifetime, s.logger)
+	s.sessions = newSessionStore(cfg.Cluster, cfg.SessionIdleTTL, cfg.SessionMaxLifetime, s.logger, s.stop)
 	opts := []server.ServerOption{server.WithToolCapabilities(true), server.WithRecovery()}
 	if s.policy != nil {
 		// mcp-go runs a filter on every call it serves: only with a policy.
@@ -291,10 +293,14 @@ func New(cfg Config) (*Server, error) {
 		server.WithStreamableHTTPLogger(s.logger),
 	)
 	go s.syncLoop()
-	s.bg.Add(1)
+	s.bg.Add(2)
 	go func() {
 		defer s.bg.Done()
 		s.sessions.run(s.stop)
+	}()
+	go func() {
+		defer s.bg.Done()
+		s.sessions.runDeletes()
 	}()
 	if s.auth != nil {
 		s.bg.Add(1)

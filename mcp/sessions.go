@@ -55,20 +55,28 @@ type sessionStore struct {
 	timeout     time.Duration
 	logger      *slog.Logger
 
+	stop    <-chan struct{}
+	deletes chan deletion // DELETEs waiting for the next batch of tombstones
+
 	mu      sync.Mutex
-	lastUse map[string]time.Time  // sessions used through this node: when last
-	flushed map[string]time.Time  // when this node last sent a session's use to the cluster
+	lastUse map[string]time.Time   // sessions used through this node: when last
+	flushed map[string]time.Time   // when this node last sent a session's use to the cluster
 	pending map[string]fsm.Session // uses not sent yet
+	// deleted are signed sessions deleted through this node, whose
+	// tombstone is committed but maybe not applied here yet: refused at
+	// once (read-your-writes without waiting for the apply).
+	deleted map[string]uint64 // id → index of its tombstone
 }
 
-func newSessionStore(c Cluster, idleTTL, maxLifetime time.Duration, logger *slog.Logger) *sessionStore {
+func newSessionStore(c Cluster, idleTTL, maxLifetime time.Duration, logger *slog.Logger, stop <-chan struct{}) *sessionStore {
 	flush := time.Second
 	if idleTTL > 0 {
 		flush = min(flush, max(idleTTL/4, 50*time.Millisecond))
 	}
 	return &sessionStore{c: c, node: c.ID(), idleTTL: idleTTL, maxLifetime: maxLifetime, flushEvery: flush,
-		timeout: 5 * time.Second, logger: logger,
-		lastUse: map[string]time.Time{}, flushed: map[string]time.Time{}, pending: map[string]fsm.Session{}}
+		timeout: 5 * time.Second, logger: logger, stop: stop, deletes: make(chan deletion, maxDeletesPerCommand),
+		lastUse: map[string]time.Time{}, flushed: map[string]time.Time{}, pending: map[string]fsm.Session{},
+		deleted: map[string]uint64{}}
 }
 
 // signedID is a parsed verifiable session id.
@@ -233,6 +241,12 @@ func (s *sessionStore) check(id string, sid signedID, principal string, now time
 	if s.maxLifetime > 0 && now.Sub(sid.created) >= s.maxLifetime {
 		return ErrUnknownSession
 	}
+	s.mu.Lock()
+	_, gone := s.deleted[id]
+	s.mu.Unlock()
+	if gone {
+		return ErrUnknownSession
+	}
 	last := sid.created
 	if sess, ok := s.c.FSM().Session(id); ok {
 		if sess.Deleted() {
@@ -306,6 +320,92 @@ func (s *sessionStore) flush(ctx context.Context) {
 	}
 }
 
+// deletion is one DELETE of a signed session waiting for its tombstone.
+type deletion struct {
+	tomb fsm.Session // ID and DeletedUntil
+	done chan deleted
+}
+
+type deleted struct {
+	index uint64 // where the tombstone was committed
+	err   error
+}
+
+// maxDeletesPerCommand bounds the tombstones of one SessionDelete.
+const maxDeletesPerCommand = 512
+
+
+// errStopping refuses work while the node stops.
+var errStopping = errors.New("node is stopping")
+
+// tombstone commits a tombstone of a signed session with the DELETEs that
+// arrive meanwhile, in one raft write (group commit), and returns its log
+// index.
+func (s *sessionStore) tombstone(ctx context.Context, id string, until int64) (uint64, error) {
+	d := deletion{tomb: fsm.Session{ID: id, DeletedUntil: until}, done: make(chan deleted, 1)}
+	select {
+	case s.deletes <- d:
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-s.stop:
+		return 0, errStopping
+	}
+	select {
+	case r := <-d.done:
+		return r.index, r.err
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}
+
+// runDeletes commits the waiting DELETEs, as many as are queued, one raft
+// write at a time, until stop: the DELETEs that arrive while a batch
+// commits go together in the next (one writer did better than four: at
+// 8, 16 and 64 clients, 1.4x, 1.3x and 1.3x the sessions a second).
+func (s *sessionStore) runDeletes() {
+	stopped, cancelAll := context.WithCancel(context.Background())
+	defer cancelAll()
+	go func() {
+		select {
+		case <-s.stop:
+			cancelAll()
+		case <-stopped.Done():
+		}
+	}()
+	for {
+		var batch []deletion
+		select {
+		case <-s.stop:
+			return
+		case d := <-s.deletes:
+			batch = append(batch, d)
+		}
+	more:
+		for len(batch) < maxDeletesPerCommand {
+			select {
+			case d := <-s.deletes:
+				batch = append(batch, d)
+			default:
+				break more
+			}
+		}
+		tombs := make([]fsm.Session, len(batch))
+		for i, d := range batch {
+			tombs[i] = d.tomb
+		}
+		ctx, cancel := context.WithTimeout(stopped, s.timeout)
+		res, err := s.c.Apply(ctx, &fsm.Command{Type: fsm.TypeSessionDelete, Sessions: tombs})
+		cancel()
+		r := deleted{err: err}
+		if err == nil {
+			r.index = res.Index
+		}
+		for _, d := range batch {
+			d.done <- r
+		}
+	}
+}
+
 // run flushes every flushEvery until stop, then once more, for a second
 // at most (without a quorum a flush waits: stop cuts it short).
 func (s *sessionStore) run(stop <-chan struct{}) {
@@ -344,42 +444,67 @@ func (m *sessionManager) Terminate(id string) (bool, error) {
 	if _, err := m.Validate(id); err != nil {
 		return false, err
 	}
-	cmd := &fsm.Command{Type: fsm.TypeSessionDelete, SessionID: id}
-	if sid, ok := parseSignedID(id); ok {
-		lifetime := m.s.maxLifetime
-		if lifetime <= 0 {
-			lifetime = DefaultSessionMaxLifetime
-		}
-		cmd.Until = sid.created.Add(lifetime).UnixNano()
-	}
 	ctx, cancel := m.context()
 	defer cancel()
-	res, err := m.s.c.Apply(ctx, cmd)
+	sid, signed := parseSignedID(id)
+	if !signed {
+		return false, m.terminatePlain(ctx, id)
+	}
+	lifetime := m.s.maxLifetime
+	if lifetime <= 0 {
+		lifetime = DefaultSessionMaxLifetime
+	}
+	index, err := m.s.tombstone(ctx, id, sid.created.Add(lifetime).UnixNano())
 	if err != nil {
 		return false, fmt.Errorf("delete session: %w", err)
 	}
-	if errors.Is(res.Err(), fsm.ErrNotFound) {
-		return false, ErrUnknownSession
-	}
-	// Read-your-writes: this node answers 404 for the session from now on.
-	// Other nodes do once they apply the delete (the next raft heartbeat).
-	if _, err := m.s.c.ReadBarrier(ctx, cluster.Default); err != nil {
-		return false, fmt.Errorf("wait for session delete: %w", err)
-	}
+	// Committed: this node refuses the id from now on, before it applies
+	// the tombstone; the others once they apply it (the next heartbeat).
 	m.s.mu.Lock()
-	delete(m.s.lastUse, id)
-	delete(m.s.flushed, id)
-	delete(m.s.pending, id)
+	m.s.deleted[id] = index
+	m.s.dropLocked(id)
 	m.s.mu.Unlock()
 	return false, nil
+}
+
+// terminatePlain deletes a session opened before the cluster had a
+// session key, and waits until this node has applied the delete.
+func (m *sessionManager) terminatePlain(ctx context.Context, id string) error {
+	res, err := m.s.c.Apply(ctx, &fsm.Command{Type: fsm.TypeSessionDelete, SessionID: id})
+	if err != nil {
+		return fmt.Errorf("delete session: %w", err)
+	}
+	if errors.Is(res.Err(), fsm.ErrNotFound) {
+		return ErrUnknownSession
+	}
+	if err := m.s.c.WaitApplied(ctx, res.Index); err != nil {
+		return fmt.Errorf("wait for session delete: %w", err)
+	}
+	m.s.mu.Lock()
+	m.s.dropLocked(id)
+	m.s.mu.Unlock()
+	return nil
+}
+
+// dropLocked forgets this node's bookkeeping of a deleted session.
+func (s *sessionStore) dropLocked(id string) {
+	delete(s.lastUse, id)
+	delete(s.flushed, id)
+	delete(s.pending, id)
 }
 
 // forget drops this node's bookkeeping of sessions idle past their TTL or
 // gone from the replicated state.
 func (s *sessionStore) forget() {
 	now := time.Now()
+	applied := s.c.FSM().LastIndex()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	for id, index := range s.deleted {
+		if index <= applied {
+			delete(s.deleted, id) // the replicated tombstone refuses it now
+		}
+	}
 	for id, last := range s.lastUse {
 		if _, pending := s.pending[id]; pending {
 			continue
