@@ -115,6 +115,9 @@ func runBenchSuite(args []string, stdout, stderr io.Writer) error {
 	})
 	if holder == leader { // the stream must not go through the victim
 		fo.targets = []string{url(other(3, holder, -1))}
+		// Its window then holds a leader election too: the provider
+		// moves once there is a leader to move it.
+		fo.name += ", its holder leading"
 	}
 	if err := run(fo); err != nil {
 		return err
