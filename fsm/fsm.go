@@ -539,6 +539,15 @@ func (f *FSM) Tool(name string) (Tool, bool) {
 	return t.clone(), ok
 }
 
+// ToolProvider returns the provider of the named tool and its cache TTL,
+// without copying its definition: what routing a call needs.
+func (f *FSM) ToolProvider(name string) (provider string, cacheTTL int64, ok bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	t, ok := f.st.tools[name]
+	return t.Provider, t.CacheTTL, ok
+}
+
 // Assignment returns the assignment of the given provider.
 func (f *FSM) Assignment(provider string) (Assignment, bool) {
 	f.mu.RLock()

@@ -104,6 +104,9 @@ func (a *auditor) write(rec *AuditRecord) {
 // log writes rec to the node's log; with --log-format json it is one JSON
 // line whose time is the log record's.
 func (a *auditor) log(rec *AuditRecord) {
+	if !a.logger.Enabled(context.Background(), slog.LevelInfo) {
+		return
+	}
 	var id any
 	if json.Unmarshal(rec.ID, &id) != nil {
 		id = nil

@@ -233,14 +233,14 @@ func (s *Server) cachePrincipal(ctx context.Context, tool string) string {
 // own setting, else its provider's).
 func (s *Server) cacheTTL(name string) time.Duration {
 	f := s.cfg.Cluster.FSM()
-	t, ok := f.Tool(name)
+	provider, ttl, ok := f.ToolProvider(name)
 	if !ok {
 		return 0
 	}
-	if t.CacheTTL > 0 {
-		return time.Duration(t.CacheTTL)
+	if ttl > 0 {
+		return time.Duration(ttl)
 	}
-	if p, ok := f.Provider(t.Provider); ok {
+	if p, ok := f.Provider(provider); ok {
 		return time.Duration(p.CacheTTL)
 	}
 	return 0

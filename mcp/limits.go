@@ -2,6 +2,7 @@ package mcp
 
 import (
 	"context"
+	"errors"
 	"sync/atomic"
 )
 
@@ -11,20 +12,34 @@ type limiter struct {
 	slots   chan struct{}
 	queue   chan struct{}
 	waiting atomic.Int64
+	free    func() // gives a slot back (one func, not a method value a call)
 }
 
 func newLimiter(concurrent, queue int) *limiter {
-	return &limiter{slots: make(chan struct{}, concurrent), queue: make(chan struct{}, queue)}
+	l := &limiter{slots: make(chan struct{}, concurrent), queue: make(chan struct{}, queue)}
+	l.free = l.release
+	return l
+}
+
+// errNoSlot: every slot is taken (tryAcquire does not wait).
+var errNoSlot = errors.New("no free slot")
+
+// tryAcquire takes a free slot without waiting.
+func (l *limiter) tryAcquire() (func(), error) {
+	select {
+	case l.slots <- struct{}{}:
+		return l.free, nil
+	default:
+		return nil, errNoSlot
+	}
 }
 
 // acquire takes a slot, waiting in the queue (until ctx ends) when all are
 // taken, and returns the function that gives it back. A full queue is
 // ErrBusy at once.
 func (l *limiter) acquire(ctx context.Context) (func(), error) {
-	select {
-	case l.slots <- struct{}{}:
-		return l.release, nil
-	default:
+	if free, err := l.tryAcquire(); err == nil {
+		return free, nil
 	}
 	select {
 	case l.queue <- struct{}{}:
@@ -38,7 +53,7 @@ func (l *limiter) acquire(ctx context.Context) (func(), error) {
 	}()
 	select {
 	case l.slots <- struct{}{}:
-		return l.release, nil
+		return l.free, nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}

@@ -135,11 +135,11 @@ func clientProgress(ctx context.Context, token mcplib.ProgressToken) ProgressFun
 // call waits for the leader to reassign, until its deadline.
 func (r *router) route(ctx context.Context, params mcplib.CallToolParams) (*mcplib.CallToolResult, error) {
 	s := r.s
-	ct, ok := s.cfg.Cluster.FSM().Tool(params.Name)
+	provider, _, ok := s.cfg.Cluster.FSM().ToolProvider(params.Name)
 	if !ok {
 		return nil, fmt.Errorf("%w: %s", ErrUnknownTool, params.Name)
 	}
-	if s.assigned(ct.Provider) {
+	if s.assigned(provider) {
 		setRoute(ctx, "local", s.node)
 		res, err := s.runLocal(ctx, params)
 		if !errors.Is(err, ErrNotHolder) {
@@ -154,10 +154,10 @@ func (r *router) route(ctx context.Context, params mcplib.CallToolParams) (*mcpl
 	skip := map[string]bool{}
 	var lastErr error
 	for {
-		candidates := r.holders(ct.Provider, skip)
+		candidates := r.holders(provider, skip)
 		if len(candidates) == 0 {
 			if lastErr == nil {
-				lastErr = fmt.Errorf("%w for provider %q of tool %q", ErrNoHolder, ct.Provider, params.Name)
+				lastErr = fmt.Errorf("%w for provider %q of tool %q", ErrNoHolder, provider, params.Name)
 			}
 			select {
 			case <-ctx.Done():
@@ -165,7 +165,7 @@ func (r *router) route(ctx context.Context, params mcplib.CallToolParams) (*mcpl
 			case <-time.After(holderWait):
 			}
 			clear(skip)
-			if s.assigned(ct.Provider) {
+			if s.assigned(provider) {
 				setRoute(ctx, "local", s.node)
 				res, err := s.runLocal(ctx, params)
 				if !errors.Is(err, ErrNotHolder) {
@@ -177,7 +177,7 @@ func (r *router) route(ctx context.Context, params mcplib.CallToolParams) (*mcpl
 		m := candidates[0]
 		setRoute(ctx, "forwarded", m.ID)
 		r.outstanding(m.ID, 1)
-		res, err := r.attempt(ctx, m, ct.Provider, params, repeatable)
+		res, err := r.attempt(ctx, m, provider, params, repeatable)
 		r.outstanding(m.ID, -1)
 		if err == nil {
 			return res, nil

@@ -355,7 +355,7 @@ func (s *Server) Handler() http.Handler {
 		w = sw
 		var op *operation // a request (not a notification): timed, and traced when tracing is on
 		if (s.tracer != nil || s.ops != nil) && method != "" && len(msg.ID) > 0 {
-			sw.sniff = true
+			sw.head = make([]byte, 0, 256)
 			op = s.startOperation(r, msg)
 			r = r.WithContext(op.ctx)
 			defer op.end(sw)
@@ -412,9 +412,12 @@ func (s *Server) Handler() http.Handler {
 			return
 		}
 		if method == string(mcplib.MethodToolsCall) {
-			ctx, cancel := context.WithTimeout(r.Context(), s.timeout(tool))
-			release, err := s.front.acquire(ctx)
-			cancel()
+			release, err := s.front.tryAcquire()
+			if err != nil { // every slot taken: wait in the queue
+				ctx, cancel := context.WithTimeout(r.Context(), s.timeout(tool))
+				release, err = s.front.acquire(ctx)
+				cancel()
+			}
 			switch {
 			case errors.Is(err, ErrBusy):
 				s.cfg.Observer.Rejected("busy")
@@ -535,9 +538,7 @@ func MethodLabel(m string) string { return methodLabel(m) }
 type statusWriter struct {
 	http.ResponseWriter
 	status int
-	sniff  bool // keep the start of the body in head
-	head   [256]byte
-	n      int
+	head   []byte // the start of the body, kept only when not nil
 }
 
 func (w *statusWriter) WriteHeader(code int) {
@@ -546,8 +547,8 @@ func (w *statusWriter) WriteHeader(code int) {
 }
 
 func (w *statusWriter) Write(b []byte) (int, error) {
-	if w.sniff && w.n < len(w.head) {
-		w.n += copy(w.head[w.n:], b)
+	if w.head != nil && len(w.head) < cap(w.head) {
+		w.head = append(w.head, b[:min(len(b), cap(w.head)-len(w.head))]...)
 	}
 	return w.ResponseWriter.Write(b)
 }
@@ -966,18 +967,18 @@ func (s *Server) runForwarded(ctx context.Context, params mcplib.CallToolParams)
 
 // runLocal runs a call here if this node runs the tool's provider.
 func (s *Server) runLocal(ctx context.Context, params mcplib.CallToolParams) (*mcplib.CallToolResult, error) {
-	ct, ok := s.cfg.Cluster.FSM().Tool(params.Name)
+	provider, _, ok := s.cfg.Cluster.FSM().ToolProvider(params.Name)
 	if !ok {
 		return nil, fmt.Errorf("%w: %s", ErrUnknownTool, params.Name)
 	}
-	lp, ok := s.local[ct.Provider]
+	lp, ok := s.local[provider]
 	if !ok {
-		return nil, fmt.Errorf("%w: %s", ErrNotHolder, ct.Provider)
+		return nil, fmt.Errorf("%w: %s", ErrNotHolder, provider)
 	}
 	lp.mu.Lock()
 	if !lp.running {
 		lp.mu.Unlock()
-		return nil, fmt.Errorf("%w: %s is not running here", ErrNotHolder, ct.Provider)
+		return nil, fmt.Errorf("%w: %s is not running here", ErrNotHolder, provider)
 	}
 	lp.calls++
 	lp.mu.Unlock()

@@ -334,7 +334,6 @@ type deleted struct {
 // maxDeletesPerCommand bounds the tombstones of one SessionDelete.
 const maxDeletesPerCommand = 512
 
-
 // errStopping refuses work while the node stops.
 var errStopping = errors.New("node is stopping")
 

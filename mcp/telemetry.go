@@ -362,8 +362,8 @@ func (op *operation) end(sw *statusWriter) {
 	switch {
 	case sw.status >= 400:
 		errType, desc = strconv.Itoa(sw.status), http.StatusText(sw.status)
-	case responseErrorCode(sw.head[:sw.n]) != "":
-		errType = responseErrorCode(sw.head[:sw.n])
+	case responseErrorCode(sw.head) != "":
+		errType = responseErrorCode(sw.head)
 		desc = "JSON-RPC error " + errType
 		if route.err != "" {
 			desc = route.err
