@@ -137,19 +137,14 @@ func (h *internalHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		mu      sync.Mutex
 		started bool
 	)
-	enc := json.NewEncoder(w)
 	flusher, _ := w.(http.Flusher)
 	write := func(f callFrame) {
 		mu.Lock()
 		defer mu.Unlock()
+		b := encodeFrame(f)
 		if !started {
 			w.Header().Set("Content-Type", "application/x-ndjson")
 			if f.Progress == nil {
-				b, err := json.Marshal(f)
-				if err != nil {
-					b, _ = json.Marshal(callFrame{Error: &frameError{Kind: errKindFailed, Message: "encode frame: " + err.Error()}})
-				}
-				b = append(b, '\n')
 				w.Header().Set("Content-Length", strconv.Itoa(len(b)))
 				w.WriteHeader(http.StatusOK)
 				started = true
@@ -159,7 +154,7 @@ func (h *internalHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			w.WriteHeader(http.StatusOK)
 			started = true
 		}
-		if err := enc.Encode(f); err == nil && f.Progress != nil && flusher != nil {
+		if _, err := w.Write(b); err == nil && f.Progress != nil && flusher != nil {
 			flusher.Flush()
 		}
 	}
@@ -201,6 +196,23 @@ func (h *internalHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// encodeFrame is f as one line of JSON. A result frame is put together
+// around the result's JSON as it is (it comes from json.Marshal): encoding
+// it as a json.RawMessage would scan it all again.
+func encodeFrame(f callFrame) []byte {
+	if f.Result != nil && f.Progress == nil && f.Error == nil {
+		b := make([]byte, 0, len(f.Result)+len(`{"result":}`)+1)
+		b = append(b, `{"result":`...)
+		b = append(b, f.Result...)
+		return append(b, '}', '\n')
+	}
+	b, err := json.Marshal(f)
+	if err != nil {
+		b, _ = json.Marshal(callFrame{Error: &frameError{Kind: errKindFailed, Message: "encode frame: " + err.Error()}})
+	}
+	return append(b, '\n')
+}
+
 // rawArguments returns the "arguments" member of CallToolParams JSON, so
 // large integers keep their precision across the hop.
 func rawArguments(params json.RawMessage) json.RawMessage {
@@ -216,8 +228,9 @@ func rawArguments(params json.RawMessage) json.RawMessage {
 // forwarder sends calls to holders over pooled HTTP connections to their
 // cluster ports.
 type forwarder struct {
-	node   string
-	client *http.Client
+	node     string
+	fromJSON []byte // node as a JSON string
+	client   *http.Client
 }
 
 func newForwarder(node string, dial func(ctx context.Context, addr string) (net.Conn, error)) *forwarder {
@@ -230,7 +243,8 @@ func newForwarder(node string, dial func(ctx context.Context, addr string) (net.
 		IdleConnTimeout:     90 * time.Second,
 		DisableCompression:  true,
 	}
-	return &forwarder{node: node, client: &http.Client{Transport: tr}}
+	from, _ := json.Marshal(node)
+	return &forwarder{node: node, fromJSON: from, client: &http.Client{Transport: tr}}
 }
 
 // sendError says whether a failed forward may have run the call.
@@ -248,14 +262,20 @@ func (f *forwarder) call(ctx context.Context, rpcAddr string, params mcplib.Call
 	if err != nil {
 		return nil, fmt.Errorf("encode call: %w", err)
 	}
-	req := callRequest{Params: pb, From: f.node}
+	var timeoutMS int64
 	if dl, ok := ctx.Deadline(); ok {
-		req.TimeoutMS = max(1, time.Until(dl).Milliseconds())
+		timeoutMS = max(1, time.Until(dl).Milliseconds())
 	}
-	body, err := json.Marshal(req)
-	if err != nil {
-		return nil, fmt.Errorf("encode call: %w", err)
-	}
+	// A callRequest, put together around the params' JSON as it is (a
+	// json.RawMessage field would be scanned all again).
+	body := make([]byte, 0, len(pb)+len(f.fromJSON)+64)
+	body = append(body, `{"params":`...)
+	body = append(body, pb...)
+	body = append(body, `,"timeout_ms":`...)
+	body = strconv.AppendInt(body, timeoutMS, 10)
+	body = append(body, `,"from":`...)
+	body = append(body, f.fromJSON...)
+	body = append(body, '}')
 	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+rpcAddr+internalCallPath, bytes.NewReader(body))
 	if err != nil {
 		return nil, err
@@ -285,7 +305,12 @@ func (f *forwarder) call(ctx context.Context, rpcAddr string, params mcplib.Call
 	}
 	dec := json.NewDecoder(io.LimitReader(resp.Body, maxForwardBody))
 	for {
-		var fr callFrame
+		// The result is decoded with its frame, in one pass.
+		var fr struct {
+			Progress *progressFrame         `json:"progress,omitempty"`
+			Result   *mcplib.CallToolResult `json:"result,omitempty"`
+			Error    *frameError            `json:"error,omitempty"`
+		}
 		if err := dec.Decode(&fr); err != nil {
 			if err == io.EOF {
 				err = io.ErrUnexpectedEOF
@@ -301,11 +326,7 @@ func (f *forwarder) call(ctx context.Context, rpcAddr string, params mcplib.Call
 		case fr.Error != nil:
 			return nil, remoteError(fr.Error)
 		case fr.Result != nil:
-			var res mcplib.CallToolResult
-			if err := json.Unmarshal(fr.Result, &res); err != nil {
-				return nil, fmt.Errorf("decode result from %s: %w", rpcAddr, err)
-			}
-			return &res, nil
+			return fr.Result, nil
 		}
 	}
 }
