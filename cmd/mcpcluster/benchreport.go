@@ -93,10 +93,31 @@ func writeBenchReport(w io.Writer, results []BenchResult, m MachineInfo, pngName
 				q = r.PerSecond / r.Baseline.PerSecond
 			}
 			ratio = fmt.Sprintf("%.2f× (bare %s/s)", q, formatRate(r.Baseline.PerSecond))
+			if r.Scenario == "scaling" {
+				ratio = fmt.Sprintf("%.2f× (1 node %s/s)", q, formatRate(r.Baseline.PerSecond))
+			}
 		}
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
 			mdCell(r.Name), mdCell(r.Scenario), conc, formatRate(r.PerSecond),
 			cells[0], cells[1], cells[2], cells[3], thousands(int64(errorCount(r))), ratio)
+	}
+
+	// What the hop adds to a call's median latency, one client at a time.
+	var local, forwarded *BenchResult
+	for i := range results {
+		r := &results[i]
+		if r.Scenario == "call" && r.Concurrency == 1 && r.OK > 0 {
+			if strings.HasPrefix(r.Name, "local call") {
+				local = r
+			} else if strings.HasPrefix(r.Name, "forwarded call") {
+				forwarded = r
+			}
+		}
+	}
+	if local != nil && forwarded != nil {
+		fmt.Fprintf(&b, "\n- the forwarding hop adds %s to the p50 of a call (one client: %s forwarded, %s local)\n",
+			formatDuration(time.Duration(forwarded.Latency.P50-local.Latency.P50)),
+			formatDuration(time.Duration(forwarded.Latency.P50)), formatDuration(time.Duration(local.Latency.P50)))
 	}
 
 	first := true

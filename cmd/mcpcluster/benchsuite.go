@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -23,6 +24,7 @@ func runBenchSuite(args []string, stdout, stderr io.Writer) error {
 	out := fs.String("out", "docs/benchmarks.md", "report file; the plot goes beside it as .png, the results as .json")
 	duration := fs.Duration("duration", 5*time.Second, "length of each closed-loop run")
 	basePort := fs.Int("base-port", 18700, "ports of the local cluster (node i: base+10*i, +1, +2)")
+	image := fs.String("image", "", "also measure horizontal scaling with nodes in containers of this image (make image), each held to --cpus "+scalingCPUs+"; skipped when empty or without docker")
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
 	}
@@ -74,13 +76,17 @@ func runBenchSuite(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	via := other(3, holder, leader)
-	steps := []benchConfig{
-		with(base, func(c *benchConfig) {
-			c.name, c.scenario, c.tool, c.targets, c.baseline = "local call (echo)", "call", "echo", []string{url(via)}, true
-		}),
-		with(base, func(c *benchConfig) {
-			c.name, c.scenario, c.tool, c.targets, c.baseline = "forwarded call (pinned_echo)", "call", "pinned_echo", []string{url(via)}, true
-		}),
+	var steps []benchConfig
+	// One client shows what the hop adds to a call's latency (hopName);
+	// 32 what it costs in throughput.
+	for _, n := range []int{1, 32} {
+		steps = append(steps, with(base, func(c *benchConfig) {
+			c.name, c.scenario, c.tool, c.targets, c.baseline = fmt.Sprintf("local call (echo), %d clients", n), "call", "echo", []string{url(via)}, true
+			c.concurrency = n
+		}), with(base, func(c *benchConfig) {
+			c.name, c.scenario, c.tool, c.targets, c.baseline = fmt.Sprintf("forwarded call (pinned_echo), %d clients", n), "call", "pinned_echo", []string{url(via)}, true
+			c.concurrency = n
+		}))
 	}
 	for _, w := range []int{1, 16, 64} {
 		steps = append(steps, with(base, func(c *benchConfig) {
@@ -92,7 +98,8 @@ func runBenchSuite(args []string, stdout, stderr io.Writer) error {
 			c.name, c.scenario, c.targets = "linearizable get (follower)", "cache-get", []string{url(via)}
 		}),
 		with(base, func(c *benchConfig) {
-			c.name, c.scenario, c.targets, c.baseline = "session init", "session-init", []string{url(via)}, true
+			c.name, c.scenario, c.targets, c.baseline = "session set-up (initialize, DELETE), 8 clients", "session-init", []string{url(via)}, true
+			c.concurrency = 8
 		}),
 	)
 	for _, s := range steps {
@@ -139,6 +146,14 @@ func runBenchSuite(args []string, stdout, stderr io.Writer) error {
 	}
 	if err := lc.revive(ctx, leader); err != nil {
 		return err
+	}
+	if *image != "" {
+		lc.stop(15 * time.Second) // the scaling runs have the machine to themselves
+		scaling, err := runScaling(ctx, *image, *basePort+1000, *duration, stdout)
+		if err != nil {
+			return err
+		}
+		results = append(results, scaling...)
 	}
 
 	if err := os.MkdirAll(filepath.Dir(*out), 0o755); err != nil {
@@ -278,4 +293,79 @@ func getJSON(ctx context.Context, token cluster.Token, url string, v any) error 
 		return fmt.Errorf("%s: %s", url, resp.Status)
 	}
 	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+// scalingCPUs is what each node's container may use in the scaling runs:
+// well under a core, so that one node is CPU-bound while the clients,
+// outside the limit, are not.
+const scalingCPUs = "0.3"
+
+// runScaling measures horizontal scaling: the same closed-loop calls
+// spread over one node and over three, every node a container of image
+// held to scalingCPUs (docker --cpus), secured like the rest of the suite.
+// Each result is the 3-node run, with the 1-node run as its baseline. It
+// returns nothing, after saying why, when docker does not answer.
+func runScaling(ctx context.Context, image string, basePort int, duration time.Duration, stdout io.Writer) ([]BenchResult, error) {
+	if err := exec.CommandContext(ctx, "docker", "version").Run(); err != nil {
+		fmt.Fprintf(stdout, "scaling: skipped: docker does not answer (%v)\n", err)
+		return nil, nil
+	}
+	type tool struct {
+		name string
+		args map[string]any
+	}
+	tools := []tool{{"echo", map[string]any{"text": "hello"}}, {"sha256", map[string]any{"text": strings.Repeat("x", 1024), "rounds": 20}}}
+	runs := map[int][]BenchResult{}
+	for _, n := range []int{1, 3} {
+		dir, err := os.MkdirTemp("", "mcpcluster-scaling-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(dir)
+		lc, err := newBenchCluster(dir, basePort+100*n)
+		if err != nil {
+			return nil, err
+		}
+		lc.n, lc.image, lc.dockerArgs = n, image, []string{"--cpus", scalingCPUs}
+		if lc.security, _, err = setupLocalSecurity(dir, lc.ids()); err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(stdout, "scaling: %d node(s) in containers of %s, --cpus %s each\n", n, image, scalingCPUs)
+		if err := lc.start(); err != nil {
+			return nil, err
+		}
+		err = lc.waitReady(ctx, 90*time.Second)
+		var targets []string
+		for i := range n {
+			targets = append(targets, "http://"+lc.addr(i, 0))
+		}
+		for _, t := range tools {
+			if err != nil {
+				break
+			}
+			cfg := benchConfig{name: fmt.Sprintf("scaling: %s, %d node(s)", t.name, n), scenario: "call", tool: t.name, args: t.args,
+				targets: targets, protocol: legacyProtocol, concurrency: 32, duration: duration, timeout: 10 * time.Second, token: lc.token()}
+			var res BenchResult
+			if res, err = benchWithBaseline(ctx, cfg); err == nil {
+				printResult(stdout, res)
+				runs[n] = append(runs[n], res)
+			}
+		}
+		lc.stop(15 * time.Second)
+		if err != nil {
+			return nil, fmt.Errorf("scaling with %d node(s): %w", n, err)
+		}
+	}
+	var out []BenchResult
+	for i, t := range tools {
+		one, three := runs[1][i], runs[3][i]
+		three.Name, three.Scenario = fmt.Sprintf("scaling: %s, 3 nodes ÷ 1 (--cpus %s each)", t.name, scalingCPUs), "scaling"
+		three.Baseline = &one
+		if one.PerSecond > 0 {
+			three.Ratio = three.PerSecond / one.PerSecond
+		}
+		fmt.Fprintf(stdout, "scaling: %s: 3 nodes %.0f/s, 1 node %.0f/s: %.2f×\n", t.name, three.PerSecond, one.PerSecond, three.Ratio)
+		out = append(out, three)
+	}
+	return out, nil
 }

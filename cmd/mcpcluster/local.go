@@ -39,6 +39,11 @@ type localCluster struct {
 	security *localSecurity
 	stdout   io.Writer
 	stderr   io.Writer
+	// image, when set, runs each node in a container of that image (host
+	// network, dataDir mounted at the same path) with dockerArgs, such as
+	// --cpus, instead of as a child process.
+	image      string
+	dockerArgs []string
 
 	mu    sync.Mutex
 	procs []*exec.Cmd
@@ -79,7 +84,15 @@ func (lc *localCluster) startNode(i int) error {
 	if lc.security != nil {
 		args = append(args, lc.security.nodeArgs(lc.id(i))...)
 	}
-	cmd := exec.Command(lc.self, append(args, lc.extra...)...)
+	bin, argv := lc.self, append(args, lc.extra...)
+	if lc.image != "" {
+		// The docker client passes SIGTERM on to the node (--sig-proxy);
+		// stop removes the container whatever happens.
+		run := []string{"run", "--rm", "--name", lc.container(i), "--network", "host", "--user", "0:0",
+			"-v", lc.dataDir + ":" + lc.dataDir}
+		bin, argv = "docker", append(append(append(run, lc.dockerArgs...), lc.image), argv...)
+	}
+	cmd := exec.Command(bin, argv...)
 	cmd.Stdout = prefixWriter(lc.stdout, lc.id(i))
 	cmd.Stderr = prefixWriter(lc.stderr, lc.id(i))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // Ctrl-C reaches us, and we stop the nodes
@@ -96,6 +109,11 @@ func (lc *localCluster) startNode(i int) error {
 		fmt.Fprintf(lc.stdout, "%s exited: %v\n", lc.id(i), exitText(err))
 	}()
 	return nil
+}
+
+// container is the name of node i's container (image runs).
+func (lc *localCluster) container(i int) string {
+	return fmt.Sprintf("mcpcluster-bench-%d-%s", lc.basePort, lc.id(i))
 }
 
 // pid returns node i's process id.
@@ -152,6 +170,11 @@ func (lc *localCluster) stop(timeout time.Duration) {
 		}
 		lc.mu.Unlock()
 		<-done
+	}
+	if lc.image != "" {
+		for i := range lc.n {
+			_ = exec.Command("docker", "rm", "-f", lc.container(i)).Run()
+		}
 	}
 }
 
