@@ -200,6 +200,16 @@ func (m *sessionManager) Validate(id string) (bool, error) {
 	}
 	now := time.Now()
 	if sid, ok := parseSignedID(id); ok {
+		if m.s.c.FSM().SessionKey() == nil {
+			// A node that has not applied the key yet (just joined or
+			// restored) catches up before it judges the id.
+			ctx, cancel := m.context()
+			_, err := m.s.c.ReadBarrier(ctx, cluster.Default)
+			cancel()
+			if err != nil {
+				return false, fmt.Errorf("look up session key: %w", err)
+			}
+		}
 		if err := m.s.check(id, sid, m.principal, now); err != nil {
 			return false, err
 		}
