@@ -14,6 +14,8 @@ import (
 	"time"
 
 	mcplib "github.com/mark3labs/mcp-go/mcp"
+	"github.com/mcpcluster/mcpcluster/cluster"
+	"github.com/mcpcluster/mcpcluster/fsm"
 )
 
 func TestToolJSONIsFaithful(t *testing.T) {
@@ -279,5 +281,48 @@ func TestBodyLimit(t *testing.T) {
 	s.Handler().ServeHTTP(rec, req)
 	if rec.Code != http.StatusRequestEntityTooLarge || !strings.Contains(rec.Body.String(), "exceeds the limit of 64 bytes") {
 		t.Fatalf("got %d %s", rec.Code, rec.Body)
+	}
+}
+
+// laggingCluster is a node's view before it has applied anything: an
+// empty state until a read barrier catches it up with the real one.
+type laggingCluster struct {
+	Cluster
+	empty    *fsm.FSM
+	caughtUp atomic.Bool
+}
+
+func (c *laggingCluster) FSM() *fsm.FSM {
+	if c.caughtUp.Load() {
+		return c.Cluster.FSM()
+	}
+	return c.empty
+}
+
+func (c *laggingCluster) ReadBarrier(ctx context.Context, level cluster.Consistency) (cluster.ReadInfo, error) {
+	c.caughtUp.Store(true)
+	return c.Cluster.ReadBarrier(ctx, level)
+}
+
+// TestSessionOnNodeWithoutKeyYet: a node that has not applied the session
+// key yet (just joined) catches up before it judges a signed id, rather
+// than answering 404 to a valid session.
+func TestSessionOnNodeWithoutKeyYet(t *testing.T) {
+	n, s := newSoloNode(t)
+	deadline := time.Now().Add(10 * time.Second)
+	for n.FSM().SessionKey() == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the leader set no session key")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	id := (&sessionManager{s: s.sessions, principal: "alice"}).Generate()
+	lag := &laggingCluster{Cluster: n, empty: fsm.New()}
+	late := newSessionStore(lag, time.Minute, time.Hour, discard, make(chan struct{}))
+	if _, err := (&sessionManager{s: late, principal: "alice"}).Validate(id); err != nil {
+		t.Fatalf("a valid session on a node without the key yet: %v", err)
+	}
+	if !lag.caughtUp.Load() {
+		t.Fatal("validated without catching up")
 	}
 }
