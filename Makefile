@@ -46,7 +46,7 @@ lint:
 ## figure beside bare mcp-go, then (with docker) 1 node against 3 in
 ## containers held to 0.3 CPU each; writes docs/benchmarks.md, .png, .json
 bench: build
-	@if docker version >/dev/null 2>&1; then $(MAKE) --no-print-directory image; img="--image $(IMAGE)"; \
+	@img=; if docker version >/dev/null 2>&1; then $(MAKE) --no-print-directory image; img="--image $(IMAGE)"; \
 	else echo "bench: no docker: the scaling runs are skipped"; fi; \
 	./$(BIN) bench suite --out docs/benchmarks.md $$img
 

@@ -360,11 +360,11 @@ func (n *Node) leaderReadIndex(ctx context.Context, linearizable bool) (uint64, 
 	return idx, nil
 }
 
-// waitApplied polls until the local FSM has applied the command at idx.
 // WaitApplied waits until this node has applied the log up to idx (the
 // index of a write it made): read-your-writes without asking the leader.
 func (n *Node) WaitApplied(ctx context.Context, idx uint64) error { return n.waitApplied(ctx, idx) }
 
+// waitApplied polls until the local FSM has applied the command at idx.
 func (n *Node) waitApplied(ctx context.Context, idx uint64) error {
 	if n.fsm.LastIndex() >= idx {
 		return nil

@@ -115,6 +115,13 @@ const DefaultServerStabilizationTime = 5 * time.Second
 // from one IP address.
 const DefaultMaxConnsPerIP = 512
 
+// SessionIdleGrace is how long past its idle TTL a session may stay: a
+// node sends a session's use to the cluster at most a quarter of the TTL
+// plus a second late (the MCP front door's batching), so with this grace
+// neither the leader's expiry nor any node refuses a session used within
+// its TTL.
+func SessionIdleGrace(ttl time.Duration) time.Duration { return ttl/4 + time.Second }
+
 // DefaultRaftTimeout is the default raft heartbeat and election timeout:
 // a follower starts an election after 0.4-0.8 s without the leader, so a
 // dead leader is replaced within a second on a LAN. Raft's own default

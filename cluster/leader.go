@@ -52,7 +52,7 @@ func (n *Node) monitorLeadership() {
 func (n *Node) leaderLoop(stop chan struct{}) {
 	for {
 		term := n.raft.CurrentTerm()
-		ctx, cancel := stopContext(stop)
+		ctx, cancel := StopContext(stop)
 		err := n.await(ctx, n.raft.Barrier(n.cfg.ApplyTimeout))
 		cancel()
 		if err == nil && n.raft.CurrentTerm() == term {
@@ -94,7 +94,7 @@ func (n *Node) leaderLoop(stop chan struct{}) {
 	expiry := time.NewTicker(cacheExpiryCheck)
 	defer expiry.Stop()
 	for {
-		ctx, cancel := stopContext(stop)
+		ctx, cancel := StopContext(stop)
 		if err := r.reconcile(ctx); err != nil {
 			n.logger.Warn("reconcile failed", "error", err)
 		}
@@ -110,7 +110,7 @@ func (n *Node) leaderLoop(stop chan struct{}) {
 			case <-changes:
 				waiting = false
 			case <-expiry.C:
-				sctx, scancel := stopContext(stop)
+				sctx, scancel := StopContext(stop)
 				ctx, cancel := context.WithTimeout(sctx, n.cfg.ApplyTimeout)
 				if err := n.expireCache(ctx); err != nil && sctx.Err() == nil {
 					n.logger.Warn("cache expiry failed", "error", err)
@@ -122,8 +122,8 @@ func (n *Node) leaderLoop(stop chan struct{}) {
 	}
 }
 
-// stopContext returns a context cancelled when stop is closed.
-func stopContext(stop <-chan struct{}) (context.Context, context.CancelFunc) {
+// StopContext returns a context cancelled when stop is closed.
+func StopContext(stop <-chan struct{}) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
 		select {
@@ -237,6 +237,11 @@ func (r *reconciler) reconcile(ctx context.Context) error {
 		}
 	}
 
+	// Ahead of voters and placement, which may fail for a while: without
+	// the key every session open is a raft write.
+	if err := r.ensureSessionKey(ctx); err != nil {
+		return err
+	}
 	if err := r.pruneDead(inConfig, byID); err != nil {
 		return err
 	}
@@ -247,9 +252,6 @@ func (r *reconciler) reconcile(ctx context.Context) error {
 		return err
 	}
 	if err := r.place(ctx); err != nil {
-		return err
-	}
-	if err := r.ensureSessionKey(ctx); err != nil {
 		return err
 	}
 	return r.expireSessions(ctx)
@@ -279,22 +281,17 @@ const expireBatch = 1000
 // removes the same ones.
 func (r *reconciler) expireSessions(ctx context.Context) error {
 	n := r.n
-	ttl := n.cfg.SessionIdleTTL
-	if ttl <= 0 {
-		ttl = math.MaxInt64 // only tombstones expire
+	// A session's use reaches the state up to SessionIdleGrace late: it
+	// expires that long after its TTL, never early.
+	ttl := int64(math.MaxInt64) // no idle TTL: only tombstones and lifetimes end
+	if n.cfg.SessionIdleTTL > 0 {
+		ttl = int64(n.cfg.SessionIdleTTL + SessionIdleGrace(n.cfg.SessionIdleTTL))
 	}
-	now := time.Now()
-	due := false
-	for _, s := range n.fsm.Sessions() {
-		if s.Deleted() && s.DeletedUntil <= now.UnixNano() || !s.Deleted() && now.UnixNano()-s.LastSeen >= int64(ttl) {
-			due = true
-			break
-		}
-	}
-	if !due {
+	now := time.Now().UnixNano()
+	if !n.fsm.SessionsDue(now, ttl, int64(n.cfg.SessionMaxLifetime)) {
 		return nil
 	}
-	res, err := n.Apply(ctx, &fsm.Command{Type: fsm.TypeSessionExpire, Now: now.UnixNano(), IdleTTL: int64(ttl),
+	res, err := n.Apply(ctx, &fsm.Command{Type: fsm.TypeSessionExpire, Now: now, IdleTTL: ttl,
 		Until: int64(n.cfg.SessionMaxLifetime), Limit: expireBatch})
 	if err != nil {
 		return fmt.Errorf("expire sessions: %w", err)

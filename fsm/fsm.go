@@ -154,6 +154,9 @@ func (s *state) apply(index uint64, c *Command) (*Result, bool) {
 	case TypeSessionOpen:
 		ss := *c.Session
 		ss.CreatedAt, ss.LastSeen = c.Now, c.Now
+		if old, ok := s.sessions[ss.ID]; ok && old.Deleted() {
+			s.tombstones--
+		}
 		s.sessions[ss.ID] = ss
 	case TypeSessionTouch:
 		if ss, ok := s.sessions[c.SessionID]; ok {
@@ -196,13 +199,7 @@ func (s *state) apply(index uint64, c *Command) (*Result, bool) {
 	case TypeSessionExpire:
 		var ids []string
 		for id, ss := range s.sessions {
-			switch {
-			case ss.Deleted():
-				if ss.DeletedUntil <= c.Now {
-					ids = append(ids, id)
-				}
-			// LastSeen+IdleTTL <= Now, without overflowing.
-			case ss.LastSeen <= math.MaxInt64-c.IdleTTL && ss.LastSeen+c.IdleTTL <= c.Now:
+			if ss.due(c.Now, c.IdleTTL, c.Until) {
 				ids = append(ids, id)
 			}
 		}
@@ -570,6 +567,35 @@ func (f *FSM) Session(id string) (Session, bool) {
 	defer f.mu.RUnlock()
 	s, ok := f.st.sessions[id]
 	return s, ok
+}
+
+// SessionsDue reports whether a SessionExpire at now, with idleTTL and
+// lifetime (ns; 0: none), would remove or turn into a tombstone anything.
+func (f *FSM) SessionsDue(now, idleTTL, lifetime int64) bool {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	for _, ss := range f.st.sessions {
+		if ss.due(now, idleTTL, lifetime) {
+			return true
+		}
+	}
+	return false
+}
+
+// due reports whether SessionExpire at now acts on s: a tombstone past its
+// end, or a session idle for idleTTL or past its lifetime (0: none). The
+// sums do not overflow.
+func (s Session) due(now, idleTTL, lifetime int64) bool {
+	if s.Deleted() {
+		return s.DeletedUntil <= now
+	}
+	idle := s.LastSeen <= math.MaxInt64-idleTTL && s.LastSeen+idleTTL <= now
+	return idle || (lifetime > 0 && s.pastLifetime(now, lifetime))
+}
+
+// pastLifetime reports whether s was created lifetime or more before now.
+func (s Session) pastLifetime(now, lifetime int64) bool {
+	return s.CreatedAt <= math.MaxInt64-lifetime && s.CreatedAt+lifetime <= now
 }
 
 // SessionKey returns the key that signs session ids, nil until the

@@ -246,13 +246,31 @@ func TestApply(t *testing.T) {
 			name: "session tombstones in a batch",
 			steps: []step{
 				{cmd: Command{Type: TypeSessionUses, Sessions: []Session{{ID: "b1", Principal: "p", CreatedAt: 1, LastSeen: 2}}}},
-				{cmd: Command{Type: TypeSessionDelete, Sessions: []Session{{ID: "b1", DeletedUntil: 90}, {ID: "b2", DeletedUntil: 80}}}, want: Result{Removed: 1}},
+				{cmd: Command{Type: TypeSessionDelete, Sessions: []Session{{ID: "b1", DeletedUntil: 900}, {ID: "b2", DeletedUntil: 80}}}, want: Result{Removed: 1}},
 				{cmd: Command{Type: TypeSessionDelete, Sessions: []Session{{ID: "b2", DeletedUntil: 95}}}},
 				{cmd: Command{Type: TypeSessionExpire, Now: 85, IdleTTL: 1000}},
+				// An open over a tombstone replaces it: one session counted.
+				{cmd: Command{Type: TypeSessionDelete, SessionID: "b3", Until: 500}},
+				{cmd: open("b3", 90)},
+				// Past its lifetime a session goes, with no idle TTL at all.
+				{cmd: Command{Type: TypeSessionUses, Sessions: []Session{{ID: "b4", CreatedAt: 10, LastSeen: 99}}}},
+				{cmd: Command{Type: TypeSessionExpire, Now: 100, IdleTTL: 1 << 62, Until: 50}, want: Result{Removed: 1}},
 			},
 			check: func(t *testing.T, f *FSM) {
-				if got := f.Sessions(); len(got) != 1 || got[0].ID != "b1" || !got[0].Deleted() || f.Counts().Sessions != 0 {
-					t.Errorf("Sessions() = %+v, %d counted", got, f.Counts().Sessions)
+				if b3, ok := f.Session("b3"); !ok || b3.Deleted() || f.Counts().Sessions != 1 {
+					t.Errorf("open over a tombstone: %+v %v, %d counted", b3, ok, f.Counts().Sessions)
+				}
+				if _, ok := f.Session("b4"); ok {
+					t.Error("a session past its lifetime stayed")
+				}
+				if !f.SessionsDue(1000, 1<<62, 0) || f.SessionsDue(85, 1<<62, 0) {
+					t.Error("SessionsDue disagrees with the tombstone's end")
+				}
+				if b1, ok := f.Session("b1"); !ok || !b1.Deleted() {
+					t.Errorf("b1 = %+v %v, want its tombstone", b1, ok)
+				}
+				if _, ok := f.Session("b2"); ok {
+					t.Error("b2's tombstone outlived its end")
 				}
 			},
 		},

@@ -153,6 +153,18 @@ func TestSnapshotRoundTrip(t *testing.T) {
 			t.Fatalf("results diverge after restore: %+v vs %+v", r1, r2)
 		}
 	}
+	if a, b := src.Counts(), d.Counts(); a != b {
+		t.Fatalf("counts diverge after restore: %+v vs %+v", a, b)
+	}
+	// A fresh restore of either agrees too (the tombstone count is derived
+	// again on restore).
+	again := New()
+	if err := again.Restore(io.NopCloser(bytes.NewReader(persist(t, src.FSM)))); err != nil {
+		t.Fatal(err)
+	}
+	if a, b := src.Counts(), again.Counts(); a != b {
+		t.Fatalf("counts after a second restore: %+v vs %+v", a, b)
+	}
 }
 
 func TestSnapshotIsolatedFromLaterApplies(t *testing.T) {

@@ -261,7 +261,7 @@ func TestSessionsOnSoloNode(t *testing.T) {
 	key := n.FSM().SessionKey()
 	for name, created := range map[string]time.Time{
 		"past its lifetime": time.Now().Add(-DefaultSessionMaxLifetime - time.Minute),
-		"idle":              time.Now().Add(-DefaultConfig().SessionIdleTTL - 2*time.Second),
+		"idle":              time.Now().Add(-DefaultConfig().SessionIdleTTL - cluster.SessionIdleGrace(DefaultConfig().SessionIdleTTL) - time.Second),
 	} {
 		if _, err := alice.Validate(newSignedID(key, created, "alice")); !errors.Is(err, ErrUnknownSession) {
 			t.Fatalf("session %s: %v", name, err)
@@ -269,6 +269,33 @@ func TestSessionsOnSoloNode(t *testing.T) {
 	}
 	if _, err := alice.Validate(newSignedID(key, time.Now().Add(-time.Minute), "alice")); err != nil {
 		t.Fatalf("a session opened a minute ago through another node: %v", err)
+	}
+	// Idle a little past its TTL, but within the time a use takes to reach
+	// the state from another node: still valid.
+	ttl := DefaultConfig().SessionIdleTTL
+	if _, err := alice.Validate(newSignedID(key, time.Now().Add(-ttl-time.Minute), "alice")); err != nil {
+		t.Fatalf("a session idle for its TTL and a minute: %v", err)
+	}
+
+	// A session opened before the key existed (a plain id): deleted, and a
+	// late use of it flushed afterwards does not bring it back.
+	plain := "0123456789abcdef0123456789abcdef"
+	if _, err := n.Apply(ctx, &fsm.Command{Type: fsm.TypeSessionOpen, Session: &fsm.Session{ID: plain, Principal: "alice"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.Validate(plain); err != nil {
+		t.Fatalf("plain session: %v", err)
+	}
+	s.sessions.used(plain, "alice", time.Now(), time.Now().Add(time.Hour)) // queued, as if from another node
+	if _, err := alice.Terminate(plain); err != nil {
+		t.Fatal(err)
+	}
+	s.sessions.mu.Lock()
+	s.sessions.pending[plain] = fsm.Session{ID: plain, Principal: "alice", CreatedAt: time.Now().UnixNano(), LastSeen: time.Now().UnixNano()}
+	s.sessions.mu.Unlock()
+	s.sessions.flush(ctx)
+	if _, err := alice.Validate(plain); !errors.Is(err, ErrUnknownSession) {
+		t.Fatalf("deleted plain session after a late use: %v", err)
 	}
 }
 

@@ -296,7 +296,7 @@ func New(cfg Config) (*Server, error) {
 	s.bg.Add(2)
 	go func() {
 		defer s.bg.Done()
-		s.sessions.run(s.stop)
+		s.sessions.run()
 	}()
 	go func() {
 		defer s.bg.Done()
@@ -459,11 +459,13 @@ type message struct {
 	ID     json.RawMessage `json:"id,omitempty"`
 	Method string          `json:"method"`
 	Params struct {
-		Name            string          `json:"name"`
-		Arguments       json.RawMessage `json:"arguments"`
-		URI             string          `json:"uri"`             // resources/read, for its span
-		ProtocolVersion string          `json:"protocolVersion"` // initialize, for its span
-		Meta            traceMeta       `json:"_meta"`           // the client's trace context
+		Name      string          `json:"name"`
+		Arguments json.RawMessage `json:"arguments"`
+		// Read for spans only, and leniently: a value of another type is
+		// mcp-go's to judge and must not hide the method from admission.
+		URI             looseString `json:"uri"`             // resources/read
+		ProtocolVersion looseString `json:"protocolVersion"` // initialize
+		Meta            traceMeta   `json:"_meta"`           // the client's trace context
 	} `json:"params"`
 }
 
@@ -941,15 +943,15 @@ func (s *Server) syncTools() {
 // not applied it yet (a client may call a tool the moment another node
 // lists it). An unknown tool costs one read barrier.
 func (s *Server) catchUpCatalog(ctx context.Context, tool string) {
+	if _, _, ok := s.cfg.Cluster.FSM().ToolProvider(tool); !ok {
+		ctx, cancel := context.WithTimeout(ctx, time.Second)
+		_, err := s.cfg.Cluster.ReadBarrier(ctx, cluster.Default)
+		cancel()
+		if _, _, ok = s.cfg.Cluster.FSM().ToolProvider(tool); err != nil || !ok {
+			return // not a catalog tool: mcp-go answers it
+		}
+	}
 	s.syncTools()
-	if s.isRegistered(tool) {
-		return
-	}
-	ctx, cancel := context.WithTimeout(ctx, time.Second)
-	defer cancel()
-	if _, err := s.cfg.Cluster.ReadBarrier(ctx, cluster.Default); err == nil {
-		s.syncTools()
-	}
 }
 
 // runForwarded runs a call another node forwarded here, within this

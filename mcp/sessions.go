@@ -200,7 +200,8 @@ func (m *sessionManager) Validate(id string) (bool, error) {
 	}
 	now := time.Now()
 	if sid, ok := parseSignedID(id); ok {
-		if m.s.c.FSM().SessionKey() == nil {
+		key := m.s.c.FSM().SessionKey()
+		if key == nil {
 			// A node that has not applied the key yet (just joined or
 			// restored) catches up before it judges the id.
 			ctx, cancel := m.context()
@@ -209,8 +210,9 @@ func (m *sessionManager) Validate(id string) (bool, error) {
 			if err != nil {
 				return false, fmt.Errorf("look up session key: %w", err)
 			}
+			key = m.s.c.FSM().SessionKey()
 		}
-		if err := m.s.check(id, sid, m.principal, now); err != nil {
+		if err := m.s.check(id, sid, key, m.principal, now); err != nil {
 			return false, err
 		}
 		m.s.used(id, m.principal, sid.created, now)
@@ -235,9 +237,9 @@ func (m *sessionManager) Validate(id string) (bool, error) {
 	return false, nil
 }
 
-// check decides a signed session id of principal at now.
-func (s *sessionStore) check(id string, sid signedID, principal string, now time.Time) error {
-	key := s.c.FSM().SessionKey()
+// check decides a signed session id of principal at now, with the
+// cluster's session key (nil: none yet).
+func (s *sessionStore) check(id string, sid signedID, key []byte, principal string, now time.Time) error {
 	if key == nil {
 		return ErrUnknownSession
 	}
@@ -248,31 +250,34 @@ func (s *sessionStore) check(id string, sid signedID, principal string, now time
 		}
 		return ErrUnknownSession
 	}
-	if s.maxLifetime > 0 && now.Sub(sid.created) >= s.maxLifetime {
+	if now.Sub(sid.created) >= s.maxLifetime {
 		return ErrUnknownSession
 	}
 	s.mu.Lock()
 	_, gone := s.deleted[id]
+	last := maxTime(sid.created, s.lastUse[id])
 	s.mu.Unlock()
 	if gone {
 		return ErrUnknownSession
 	}
-	last := sid.created
 	if sess, ok := s.c.FSM().Session(id); ok {
 		if sess.Deleted() {
 			return ErrUnknownSession
 		}
 		last = maxTime(last, time.Unix(0, sess.LastSeen))
 	}
-	s.mu.Lock()
-	last = maxTime(last, s.lastUse[id])
-	s.mu.Unlock()
-	// A use through another node reaches the state within its flush
-	// interval: that much grace before calling the session idle.
-	if s.idleTTL > 0 && now.Sub(last) >= s.idleTTL+s.flushEvery {
+	if s.idle(last, now) {
 		return ErrUnknownSession
 	}
 	return nil
+}
+
+// idle reports whether a session last used at last has idled out by now.
+// A use through another node reaches the state up to
+// cluster.SessionIdleGrace late, so that much grace is given: the leader
+// gives the same before it expires a session.
+func (s *sessionStore) idle(last, now time.Time) bool {
+	return s.idleTTL > 0 && now.Sub(last) >= s.idleTTL+cluster.SessionIdleGrace(s.idleTTL)
 }
 
 func maxTime(a, b time.Time) time.Time {
@@ -364,6 +369,8 @@ func (s *sessionStore) tombstone(ctx context.Context, id string, until int64) (u
 		return r.index, r.err
 	case <-ctx.Done():
 		return 0, ctx.Err()
+	case <-s.stop:
+		return 0, errStopping
 	}
 }
 
@@ -372,15 +379,8 @@ func (s *sessionStore) tombstone(ctx context.Context, id string, until int64) (u
 // commits go together in the next (one writer did better than four: at
 // 8, 16 and 64 clients, 1.4x, 1.3x and 1.3x the sessions a second).
 func (s *sessionStore) runDeletes() {
-	stopped, cancelAll := context.WithCancel(context.Background())
+	stopped, cancelAll := cluster.StopContext(s.stop)
 	defer cancelAll()
-	go func() {
-		select {
-		case <-s.stop:
-			cancelAll()
-		case <-stopped.Done():
-		}
-	}()
 	for {
 		var batch []deletion
 		select {
@@ -417,21 +417,14 @@ func (s *sessionStore) runDeletes() {
 
 // run flushes every flushEvery until stop, then once more, for a second
 // at most (without a quorum a flush waits: stop cuts it short).
-func (s *sessionStore) run(stop <-chan struct{}) {
-	stopped, cancelAll := context.WithCancel(context.Background())
+func (s *sessionStore) run() {
+	stopped, cancelAll := cluster.StopContext(s.stop)
 	defer cancelAll()
-	go func() {
-		select {
-		case <-stop:
-			cancelAll()
-		case <-stopped.Done():
-		}
-	}()
 	t := time.NewTicker(s.flushEvery)
 	defer t.Stop()
 	for {
 		select {
-		case <-stop:
+		case <-s.stop:
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			s.flush(ctx)
 			cancel()
@@ -459,11 +452,7 @@ func (m *sessionManager) Terminate(id string) (bool, error) {
 	if !signed {
 		return false, m.terminatePlain(ctx, id)
 	}
-	lifetime := m.s.maxLifetime
-	if lifetime <= 0 {
-		lifetime = DefaultSessionMaxLifetime
-	}
-	index, err := m.s.tombstone(ctx, id, sid.created.Add(lifetime).UnixNano())
+	index, err := m.s.tombstone(ctx, id, sid.created.Add(m.s.maxLifetime).UnixNano())
 	if err != nil {
 		return false, fmt.Errorf("delete session: %w", err)
 	}
@@ -479,7 +468,13 @@ func (m *sessionManager) Terminate(id string) (bool, error) {
 // terminatePlain deletes a session opened before the cluster had a
 // session key, and waits until this node has applied the delete.
 func (m *sessionManager) terminatePlain(ctx context.Context, id string) error {
-	res, err := m.s.c.Apply(ctx, &fsm.Command{Type: fsm.TypeSessionDelete, SessionID: id})
+	// A tombstone, not a bare delete: a use of the session still on its way
+	// from another node must not bring it back.
+	until := time.Now().Add(m.s.maxLifetime).UnixNano()
+	if sess, ok := m.s.c.FSM().Session(id); ok {
+		until = max(sess.CreatedAt+int64(m.s.maxLifetime), time.Now().UnixNano())
+	}
+	res, err := m.s.c.Apply(ctx, &fsm.Command{Type: fsm.TypeSessionDelete, SessionID: id, Until: until})
 	if err != nil {
 		return fmt.Errorf("delete session: %w", err)
 	}
@@ -508,21 +503,37 @@ func (s *sessionStore) forget() {
 	now := time.Now()
 	applied := s.c.FSM().LastIndex()
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	for id, index := range s.deleted {
 		if index <= applied {
 			delete(s.deleted, id) // the replicated tombstone refuses it now
 		}
 	}
+	ids := make([]string, 0, len(s.lastUse))
+	for id := range s.lastUse {
+		if _, pending := s.pending[id]; !pending {
+			ids = append(ids, id)
+		}
+	}
+	s.mu.Unlock()
+	// The replicated state is read without holding the lock that every
+	// request takes.
+	var drop []string
+	for _, id := range ids {
+		sess, ok := s.c.FSM().Session(id)
+		if (ok && sess.Deleted()) || (!ok && !strings.HasPrefix(id, sessionIDPrefix)) {
+			drop = append(drop, id)
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	for id, last := range s.lastUse {
-		if _, pending := s.pending[id]; pending {
-			continue
+		if _, pending := s.pending[id]; !pending && (s.idle(last, now) || now.Sub(last) >= s.maxLifetime) {
+			drop = append(drop, id)
 		}
-		idle := s.idleTTL > 0 && now.Sub(last) >= s.idleTTL+s.flushEvery
-		if sess, ok := s.c.FSM().Session(id); idle || (ok && sess.Deleted()) || (!ok && !strings.HasPrefix(id, sessionIDPrefix)) {
-			delete(s.lastUse, id)
-			delete(s.flushed, id)
-		}
+	}
+	for _, id := range drop {
+		delete(s.lastUse, id)
+		delete(s.flushed, id)
 	}
 }
 

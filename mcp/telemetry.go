@@ -3,6 +3,7 @@ package mcp
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"net"
@@ -68,6 +69,34 @@ type traceMeta struct {
 	Traceparent string `json:"traceparent"`
 	Tracestate  string `json:"tracestate"`
 	Baggage     string `json:"baggage"`
+}
+
+// UnmarshalJSON reads the string members it knows and ignores the rest,
+// and any value that is not an object: the trace context never makes a
+// request unreadable to the front door.
+func (m *traceMeta) UnmarshalJSON(b []byte) error {
+	var raw map[string]json.RawMessage
+	if json.Unmarshal(b, &raw) != nil {
+		return nil
+	}
+	for _, k := range m.Keys() {
+		var v string
+		if json.Unmarshal(raw[k], &v) == nil {
+			m.Set(k, v)
+		}
+	}
+	return nil
+}
+
+// looseString is a JSON string, or "" for a value of another type.
+type looseString string
+
+func (s *looseString) UnmarshalJSON(b []byte) error {
+	var v string
+	if json.Unmarshal(b, &v) == nil {
+		*s = looseString(v)
+	}
+	return nil
 }
 
 // Get, Set and Keys make traceMeta a propagation.TextMapCarrier.
@@ -137,7 +166,7 @@ func (s *Server) startServerSpan(r *http.Request, msg message) (context.Context,
 		target = msg.Params.Name
 		attrs = append(attrs, attribute.String(attrPromptName, target))
 	case string(mcplib.MethodResourcesRead):
-		attrs = append(attrs, attribute.String(attrResourceURI, msg.Params.URI))
+		attrs = append(attrs, attribute.String(attrResourceURI, string(msg.Params.URI)))
 	}
 	if id := jsonrpcID(msg.ID); id != "" {
 		attrs = append(attrs, attribute.String(attrRequestID, id))
@@ -148,7 +177,7 @@ func (s *Server) startServerSpan(r *http.Request, msg message) (context.Context,
 	if v := r.Header.Get("Mcp-Protocol-Version"); v != "" {
 		attrs = append(attrs, attribute.String(attrProtocol, v))
 	} else if msg.Params.ProtocolVersion != "" {
-		attrs = append(attrs, attribute.String(attrProtocol, msg.Params.ProtocolVersion))
+		attrs = append(attrs, attribute.String(attrProtocol, string(msg.Params.ProtocolVersion)))
 	}
 	attrs = append(attrs, networkAttrs(r)...)
 	opts = append(opts, trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(attrs...))
@@ -359,12 +388,15 @@ func (op *operation) end(sw *statusWriter) {
 	if op.call != nil {
 		route = op.call.snapshot()
 	}
+	code := ""
+	if sw.status < 400 {
+		code = responseErrorCode(sw.head)
+	}
 	switch {
 	case sw.status >= 400:
 		errType, desc = strconv.Itoa(sw.status), http.StatusText(sw.status)
-	case responseErrorCode(sw.head) != "":
-		errType = responseErrorCode(sw.head)
-		desc = "JSON-RPC error " + errType
+	case code != "":
+		errType, desc = code, "JSON-RPC error "+code
 		if route.err != "" {
 			desc = route.err
 		}

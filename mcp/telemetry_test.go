@@ -204,3 +204,36 @@ func TestUpstreamSpanInjectsMeta(t *testing.T) {
 		t.Fatal("an untraced call made a span or injected a context")
 	}
 }
+
+// TestTraceFieldsOfAnyTypeStillLimited: a tools/call whose _meta or uri
+// holds values of another type is read for admission like any other
+// (mcp-go runs such a call), so it cannot slip past the rate limits.
+func TestTraceFieldsOfAnyTypeStillLimited(t *testing.T) {
+	_, s := newSoloNodeConfig(t, func(n *cluster.Node) []ProviderSpec {
+		return []ProviderSpec{{Provider: NewBuiltin(BuiltinName, nil)}}
+	}, func(c *Config) {
+		c.Tokens = map[string]string{"alice-token-0123456789": "alice"}
+		c.RateLimits = &RateLimits{Tools: map[string]Limit{"echo": {Rate: 1.0 / 3600, Burst: 1}}}
+	})
+	mux := http.NewServeMux()
+	mux.Handle("/mcp", s.Handler())
+	url := serve(t, mux)
+	auth := map[string]string{"Authorization": "Bearer alice-token-0123456789"}
+	call := func(params string) int {
+		resp, _ := post(t, url, auth, `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"}`+params+`}}`)
+		return resp.StatusCode
+	}
+	if code := call(""); code != http.StatusOK {
+		t.Fatalf("first call: %d", code)
+	}
+	for _, odd := range []string{`,"_meta":{"traceparent":1}`, `,"_meta":"x"`, `,"uri":1`, `,"protocolVersion":{}`} {
+		if code := call(odd); code != http.StatusTooManyRequests {
+			t.Errorf("call with %s: %d, want 429 (rate limited like any call)", odd, code)
+		}
+	}
+	var m message
+	if err := json.Unmarshal([]byte(`{"method":"tools/call","params":{"name":"echo","_meta":{"traceparent":"00-a-b-01","tracestate":2}}}`), &m); err != nil ||
+		m.Method != "tools/call" || m.Params.Meta.Traceparent != "00-a-b-01" || m.Params.Meta.Tracestate != "" {
+		t.Fatalf("lenient parse: %+v %v", m, err)
+	}
+}

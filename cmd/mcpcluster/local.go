@@ -88,8 +88,12 @@ func (lc *localCluster) startNode(i int) error {
 	if lc.image != "" {
 		// The docker client passes SIGTERM on to the node (--sig-proxy);
 		// stop removes the container whatever happens.
-		run := []string{"run", "--rm", "--name", lc.container(i), "--network", "host", "--user", "0:0",
-			"-v", lc.dataDir + ":" + lc.dataDir}
+		// As the host user, who owns the security files and removes the
+		// data afterwards; never pulled; a container left by a killed run
+		// is removed first.
+		_ = exec.Command("docker", "rm", "-f", lc.container(i)).Run()
+		run := []string{"run", "--rm", "--pull", "never", "--name", lc.container(i), "--network", "host",
+			"--user", fmt.Sprintf("%d:%d", os.Getuid(), os.Getgid()), "-v", lc.dataDir + ":" + lc.dataDir}
 		bin, argv = "docker", append(append(append(run, lc.dockerArgs...), lc.image), argv...)
 	}
 	cmd := exec.Command(bin, argv...)

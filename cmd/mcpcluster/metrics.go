@@ -99,7 +99,7 @@ func (m *metrics) toolLabel(tool string) string {
 	if tool == "" {
 		return ""
 	}
-	if _, ok := m.node.FSM().Tool(tool); !ok {
+	if _, _, ok := m.node.FSM().ToolProvider(tool); !ok {
 		return "(unknown)"
 	}
 	return tool
