@@ -12,6 +12,7 @@ import (
 	"github.com/mark3labs/mcp-go/server"
 	"github.com/mcpcluster/mcpcluster/membership"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // router runs every tools/call of this node's MCP clients: here when this
@@ -240,8 +241,11 @@ func (r *router) attempt(ctx context.Context, m membership.Member, provider stri
 			}
 		}
 	})
-	actx, span := startCallSpan(actx, params.Name, append(serverAttrs(m.RPCAddr),
-		attribute.String(attrHolder, m.ID), attribute.String(attrTransport, "tcp"), attribute.String(attrProtoName, "http"))...)
+	var span trace.Span
+	if trace.SpanFromContext(actx).IsRecording() { // no attributes built when not traced
+		actx, span = startCallSpan(actx, params.Name, append(serverAttrs(m.RPCAddr),
+			attribute.String(attrHolder, m.ID), attribute.String(attrTransport, "tcp"), attribute.String(attrProtoName, "http"))...)
+	}
 	res, err := r.s.fwd.call(actx, m.RPCAddr, params)
 	endCallSpan(span, res, err)
 	close(done)
